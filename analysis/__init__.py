@@ -1,0 +1,1 @@
+"""Reading run directories into tables and figures (pandas + matplotlib)."""

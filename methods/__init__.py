@@ -1,0 +1,18 @@
+"""Objectives behind one interface (methods/base.py). `build_objective` maps `method.name` to a class."""
+
+from __future__ import annotations
+
+from methods.base import MicroBatch, Objective, ScoredRollout
+from methods.grpo import GRPO
+
+OBJECTIVES = {"grpo": GRPO}
+
+
+def build_objective(method_cfg, loss_cfg) -> Objective:
+    name = method_cfg.name
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown method {name!r}; valid choices: {', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[name](method_cfg, loss_cfg)
+
+
+__all__ = ["OBJECTIVES", "MicroBatch", "Objective", "ScoredRollout", "build_objective"]

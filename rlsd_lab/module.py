@@ -1,0 +1,173 @@
+"""The RL LightningModule: rollout -> verify -> per-token advantages -> clipped policy-gradient update.
+
+One `training_step` consumes one batch of prompts (a "step" in every metric and config below). With the
+default one epoch and one mini-batch it makes exactly one optimiser step per rollout batch, as in the paper.
+Metrics go to the Lightning logger at step = number of rollout batches done; step 0 is the base policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import defaultdict
+
+import lightning as L
+import torch
+
+from methods import MicroBatch, Objective, ScoredRollout
+from methods.policy_loss import aggregation_weights
+from rlsd_lab.evaluation import decode_responses, greedy_accuracy
+from rlsd_lab.logprobs import response_logprobs
+from rlsd_lab.prompts import render_prompt
+from rlsd_lab.rollout import SamplingParams, build_engine
+from rlsd_lab.tasks.problem import Problem
+from rlsd_lab.timing import PhaseTimer
+from rlsd_lab.verifiers.base import Verifier
+
+log = logging.getLogger(__name__)
+
+
+def check_batch_config(cfg) -> None:
+    """Explains, in words, batch settings that cannot work together."""
+    rows = cfg.data.prompts_per_step * cfg.rollout.group_size
+    if cfg.rollout.group_size < 2:
+        raise ValueError(f"rollout.group_size={cfg.rollout.group_size}: group-normalised advantages need at least "
+                         "2 responses per prompt")
+    if rows % cfg.train.mini_batches:
+        raise ValueError(f"a step has data.prompts_per_step x rollout.group_size = {rows} responses, which cannot "
+                         f"be split into train.mini_batches={cfg.train.mini_batches} equal mini-batches")
+    if cfg.train.micro_batch_size < 1:
+        raise ValueError("train.micro_batch_size must be at least 1 response")
+
+
+class RLModule(L.LightningModule):
+    def __init__(self, cfg, model, tokenizer, objective: Objective, verifier: Verifier,
+                 train_problems: list[Problem], val_problems: list[Problem]):
+        super().__init__()
+        check_batch_config(cfg)
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.objective, self.verifier = objective, verifier
+        self.train_problems, self.val_problems = train_problems, val_problems
+        self.automatic_optimization = False
+        self.engine = build_engine(cfg.rollout.name, model, tokenizer, seed=cfg.seed)
+        self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                       top_p=cfg.rollout.top_p, n=cfg.rollout.group_size)
+        self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
+        self.reference_model = None
+        if cfg.loss.kl_coef > 0:
+            self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.rollout_step = 0
+        self.last_validation: dict[str, float] = {}
+
+    @property
+    def optimizer_steps_per_rollout(self) -> int:
+        return self.cfg.train.ppo_epochs * self.cfg.train.mini_batches
+
+    def configure_optimizers(self):
+        optim = self.cfg.optim
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.method.lr, betas=tuple(optim.betas),
+                                      weight_decay=optim.weight_decay)
+        warmup = max(1, optim.warmup_steps * self.optimizer_steps_per_rollout)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- validation -------------------------------------------------------------------------------------------
+    def validate_policy(self) -> dict[str, float]:
+        result = greedy_accuracy(self.engine, self.tokenizer, self.verifier, self.val_problems,
+                                 self.cfg.rollout.max_new_tokens, batch_size=self.cfg.train.val_batch_size)
+        self.last_validation = {f"val/{k}": v for k, v in result.items()}
+        return self.last_validation
+
+    def on_train_start(self):
+        if self.rollout_step == 0:
+            metrics = self.validate_policy()
+            self.logger.log_metrics(metrics, step=0)
+            log.info("step=0 %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+    # ---- one RL step ------------------------------------------------------------------------------------------
+    def training_step(self, indices: torch.Tensor, batch_idx: int):
+        timer = PhaseTimer()
+        problems = [self.train_problems[i] for i in indices.tolist()]
+        group = self.cfg.rollout.group_size
+        with timer.phase("rollout"):
+            prompts = [self.tokenizer.encode(render_prompt(p.question), add_special_tokens=False) for p in problems]
+            rollout = self.engine.generate(prompts, self.sampling)
+        with timer.phase("verify"):
+            texts = decode_responses(self.tokenizer, rollout)
+            rewards = torch.tensor([self.verifier.score(text, problems[i // group])[0]
+                                    for i, text in enumerate(texts)])
+        scored = ScoredRollout(rewards=rewards, response_mask=rollout.response_mask, group_size=group)
+        advantages, advantage_metrics = self.objective.token_advantages(scored, self.rollout_step)
+        fixed = {}
+        if self.reference_model is not None:
+            with timer.phase("reference"):
+                fixed["ref_logprobs"] = self._logprobs(self.reference_model, rollout)[0]
+        if self.optimizer_steps_per_rollout > 1:
+            # Later mini-batches run on updated weights: freeze pi_old before the first step.
+            with timer.phase("old_logprobs"):
+                fixed["old_logprobs"] = self._logprobs(self.model, rollout)[0]
+        with timer.phase("update"):
+            update_metrics = self._update(rollout, advantages, fixed)
+        self.rollout_step += 1
+
+        metrics = {**update_metrics, **{f"train/{k}": v for k, v in advantage_metrics.items()}}
+        metrics.update(self._rollout_metrics(rollout, rewards, timer))
+        if self.rollout_step % self.cfg.train.val_every == 0 or self.rollout_step == self.cfg.trainer.max_steps:
+            with timer.phase("validation"):
+                metrics.update(self.validate_policy())
+        metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+        self.logger.log_metrics(metrics, step=self.rollout_step)
+        log.info("step=%d %s", self.rollout_step, " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)))
+
+    def _logprobs(self, model, rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1],
+                                     self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size)
+
+    def _update(self, rollout, advantages: torch.Tensor, fixed: dict[str, torch.Tensor]) -> dict[str, float]:
+        optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        cfg = self.cfg.train
+        rows, length = rollout.response_ids.shape
+        input_ids, attention = rollout.input_ids, rollout.attention_mask
+        sums: dict[str, float] = defaultdict(float)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(rows, generator=self.shuffle_generator) if cfg.mini_batches > 1 else torch.arange(rows)
+            for mini in order.chunk(cfg.mini_batches):
+                mask = rollout.response_mask[mini]
+                loss_weights = aggregation_weights(mask, self.cfg.loss.aggregation, self.cfg.rollout.max_new_tokens)
+                token_weights = aggregation_weights(mask, "token-mean", length)
+                optimizer.zero_grad()
+                for part in torch.arange(len(mini)).split(cfg.micro_batch_size):
+                    select = mini[part]
+                    logprobs, entropy = response_logprobs(self.model, input_ids[select], attention[select], length,
+                                                          self.cfg.rollout.temperature, cfg.logprob_chunk_size)
+                    old = fixed["old_logprobs"][select] if "old_logprobs" in fixed else logprobs.detach()
+                    ref = fixed["ref_logprobs"][select] if "ref_logprobs" in fixed else None
+                    micro = MicroBatch(logprobs=logprobs, old_logprobs=old, advantages=advantages[select],
+                                       entropy=entropy, ref_logprobs=ref)
+                    per_token, diagnostics = self.objective.per_token_loss(micro)
+                    loss = (loss_weights[part] * per_token).sum()
+                    self.manual_backward(loss)
+                    sums["train/loss"] += float(loss.detach())
+                    for name, value in diagnostics.items():
+                        sums[f"train/{name}"] += float((token_weights[part] * value.float()).sum())
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                sums["train/grad_norm"] += float(grad_norm)
+                sums["train/lr"] += schedule.get_last_lr()[0]
+                optimizer.step()
+                schedule.step()
+        return {name: total / self.optimizer_steps_per_rollout for name, total in sums.items()}
+
+    def _rollout_metrics(self, rollout, rewards: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
+        lengths = rollout.response_lengths()
+        generated = float(lengths.sum())
+        total_tokens = generated + float(rollout.prompt_mask.sum())
+        step_seconds = sum(timer.seconds.values())
+        return {
+            "train/reward": float(rewards.mean()),
+            "train/accuracy": float((rewards == 1.0).float().mean()),
+            "train/response_length": float(lengths.mean()),
+            "train/response_clip_fraction": float((~rollout.finished).float().mean()),
+            "perf/rollout_tokens_per_s": generated / max(timer.seconds["rollout"], 1e-9),
+            "perf/step_tokens_per_s": total_tokens / max(step_seconds, 1e-9),
+        }

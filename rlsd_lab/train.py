@@ -1,0 +1,99 @@
+"""Hydra entry point: `python -m rlsd_lab.train method=grpo task=arith seed=1 trainer.max_steps=200`.
+
+Writes into the run directory: `.hydra/` (composed config and overrides), `config_resolved.yaml`, `metrics.csv`
+(one row per step; step 0 is the base policy), `checkpoints/` (Lightning), `final_policy/` (save_pretrained),
+`summary.json`, and `train.log`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from methods import build_objective
+from rlsd_lab.bootstrap import ensure_base_policy
+from rlsd_lab.models import load_policy
+from rlsd_lab.module import RLModule
+from rlsd_lab.tasks import build_task
+from rlsd_lab.verifiers import build_verifier
+
+log = logging.getLogger("rlsd_lab")
+LOGGERS = ("csv",)
+
+
+def build_logger(cfg, run_dir: Path):
+    if cfg.logger.name not in LOGGERS:
+        raise ValueError(f"unknown logger {cfg.logger.name!r}; valid choices: {', '.join(LOGGERS)}")
+    return CSVLogger(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=cfg.logger.flush_every)
+
+
+def policy_path(cfg) -> Path:
+    """The user's local checkpoint, or the embedded base policy (built and cached on first use)."""
+    if cfg.model.path:
+        return Path(cfg.model.path)
+    return ensure_base_policy(cfg.model, cfg.task)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Trains one configuration into `run_dir` and returns the summary it also writes as summary.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    torch.set_num_threads(cfg.threads) if cfg.threads else None
+    objective = build_objective(cfg.method, cfg.loss)
+    verifier = build_verifier(cfg.task.name)
+    task = build_task(cfg.task)
+    model, tokenizer = load_policy(policy_path(cfg))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    train_problems = task.problems("train", cfg.task.train_size, seed=cfg.seed)
+    # One validation set for every seed, so that runs are compared on the same problems.
+    val_problems = task.problems("val", cfg.task.val_size, seed=0)
+    module = RLModule(cfg, model, tokenizer, objective, verifier, train_problems, val_problems)
+    loader = torch.utils.data.DataLoader(range(len(train_problems)), batch_size=cfg.data.prompts_per_step,
+                                         shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=cfg.train.checkpoint_every
+                                  * module.optimizer_steps_per_rollout, save_last=True, save_top_k=1)
+    trainer = L.Trainer(max_steps=cfg.trainer.max_steps * module.optimizer_steps_per_rollout,
+                        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+                        precision=cfg.trainer.precision, logger=build_logger(cfg, run_dir), callbacks=[checkpoints],
+                        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+                        enable_progress_bar=cfg.trainer.progress_bar, default_root_dir=run_dir)
+    started = time.time()
+    trainer.fit(module, loader)
+    model.save_pretrained(run_dir / "final_policy")
+    tokenizer.save_pretrained(run_dir / "final_policy")
+    summary = summarize(run_dir / "metrics.csv", cfg, time.time() - started)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def summarize(metrics_csv: Path, cfg, seconds: float) -> dict:
+    from analysis.run_summary import validation_summary
+
+    return {"method": cfg.method.name, "task": cfg.task.name, "seed": cfg.seed, "steps": cfg.trainer.max_steps,
+            "train_seconds": round(seconds, 1), **validation_summary(metrics_csv)}
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    summary = run(cfg, run_dir)
+    log.info("done: %s", json.dumps(summary))
+    print(f"[rlsd_lab] {summary['method']} seed={summary['seed']}: validation accuracy "
+          f"{summary['val_accuracy_start']:.3f} -> {summary['val_accuracy_final']:.3f} "
+          f"(best {summary['val_accuracy_best']:.3f}) in {summary['train_seconds']:.0f} s; run dir {run_dir}")
+    return summary["val_accuracy_final"]
+
+
+if __name__ == "__main__":
+    main()

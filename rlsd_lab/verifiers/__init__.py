@@ -1,0 +1,17 @@
+"""Verifiers turn a response into a reward. `build_verifier` maps a name to one."""
+
+from __future__ import annotations
+
+from rlsd_lab.verifiers.arith import ArithVerifier
+from rlsd_lab.verifiers.base import Verifier
+
+VERIFIERS = {"arith": ArithVerifier}
+
+
+def build_verifier(name: str) -> Verifier:
+    if name not in VERIFIERS:
+        raise ValueError(f"unknown verifier {name!r}; valid choices: {', '.join(sorted(VERIFIERS))}")
+    return VERIFIERS[name]()
+
+
+__all__ = ["VERIFIERS", "Verifier", "build_verifier"]
