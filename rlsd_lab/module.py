@@ -14,14 +14,14 @@ from collections import defaultdict
 import lightning as L
 import torch
 
-from methods import MicroBatch, Objective, ScoredRollout
-from methods.policy_loss import aggregation_weights
+from methods import Objective, ScoredRollout
 from rlsd_lab.evaluation import decode_responses, greedy_accuracy
 from rlsd_lab.logprobs import response_logprobs
 from rlsd_lab.prompts import render_prompt
 from rlsd_lab.rollout import SamplingParams, build_engine
 from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.timing import PhaseTimer
+from rlsd_lab.update import accumulate_policy_gradients
 from rlsd_lab.verifiers.base import Verifier
 
 log = logging.getLogger(__name__)
@@ -127,36 +127,24 @@ class RLModule(L.LightningModule):
     def _update(self, rollout, advantages: torch.Tensor, fixed: dict[str, torch.Tensor]) -> dict[str, float]:
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
         cfg = self.cfg.train
-        rows, length = rollout.response_ids.shape
-        input_ids, attention = rollout.input_ids, rollout.attention_mask
+        rows = rollout.response_ids.shape[0]
         sums: dict[str, float] = defaultdict(float)
         for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(rows, generator=self.shuffle_generator) if cfg.mini_batches > 1 else torch.arange(rows)
+            shuffle = cfg.mini_batches > 1
+            order = torch.randperm(rows, generator=self.shuffle_generator) if shuffle else torch.arange(rows)
             for mini in order.chunk(cfg.mini_batches):
-                mask = rollout.response_mask[mini]
-                loss_weights = aggregation_weights(mask, self.cfg.loss.aggregation, self.cfg.rollout.max_new_tokens)
-                token_weights = aggregation_weights(mask, "token-mean", length)
                 optimizer.zero_grad()
-                for part in torch.arange(len(mini)).split(cfg.micro_batch_size):
-                    select = mini[part]
-                    logprobs, entropy = response_logprobs(self.model, input_ids[select], attention[select], length,
-                                                          self.cfg.rollout.temperature, cfg.logprob_chunk_size)
-                    old = fixed["old_logprobs"][select] if "old_logprobs" in fixed else logprobs.detach()
-                    ref = fixed["ref_logprobs"][select] if "ref_logprobs" in fixed else None
-                    micro = MicroBatch(logprobs=logprobs, old_logprobs=old, advantages=advantages[select],
-                                       entropy=entropy, ref_logprobs=ref)
-                    per_token, diagnostics = self.objective.per_token_loss(micro)
-                    loss = (loss_weights[part] * per_token).sum()
-                    self.manual_backward(loss)
-                    sums["train/loss"] += float(loss.detach())
-                    for name, value in diagnostics.items():
-                        sums[f"train/{name}"] += float((token_weights[part] * value.float()).sum())
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                sums["train/grad_norm"] += float(grad_norm)
-                sums["train/lr"] += schedule.get_last_lr()[0]
+                step_sums = accumulate_policy_gradients(
+                    self.model, self.objective, rollout, advantages, mini, fixed, self.cfg.loss.aggregation,
+                    self.cfg.rollout.max_new_tokens, cfg.micro_batch_size, self.cfg.rollout.temperature,
+                    cfg.logprob_chunk_size, backward=self.manual_backward)
+                for name, value in step_sums.items():
+                    sums[name] += value
+                sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+                sums["lr"] += schedule.get_last_lr()[0]
                 optimizer.step()
                 schedule.step()
-        return {name: total / self.optimizer_steps_per_rollout for name, total in sums.items()}
+        return {f"train/{name}": total / self.optimizer_steps_per_rollout for name, total in sums.items()}
 
     def _rollout_metrics(self, rollout, rewards: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
         lengths = rollout.response_lengths()

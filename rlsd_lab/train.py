@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
+from analysis.run_summary import validation_curve, validation_summary
 from methods import build_objective
 from rlsd_lab.bootstrap import ensure_base_policy
 from rlsd_lab.models import load_policy
@@ -48,7 +49,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Trains one configuration into `run_dir` and returns the summary it also writes as summary.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    torch.set_num_threads(cfg.threads) if cfg.threads else None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     objective = build_objective(cfg.method, cfg.loss)
     verifier = build_verifier(cfg.task.name)
     task = build_task(cfg.task)
@@ -78,8 +80,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def summarize(metrics_csv: Path, cfg, seconds: float) -> dict:
-    from analysis.run_summary import validation_summary
-
     return {"method": cfg.method.name, "task": cfg.task.name, "seed": cfg.seed, "steps": cfg.trainer.max_steps,
             "train_seconds": round(seconds, 1), **validation_summary(metrics_csv)}
 
@@ -89,6 +89,8 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     summary = run(cfg, run_dir)
     log.info("done: %s", json.dumps(summary))
+    curve = validation_curve(run_dir / "metrics.csv")
+    print("[rlsd_lab] validation accuracy by step: " + ", ".join(f"{s}: {a:.3f}" for s, a in curve.items()))
     print(f"[rlsd_lab] {summary['method']} seed={summary['seed']}: validation accuracy "
           f"{summary['val_accuracy_start']:.3f} -> {summary['val_accuracy_final']:.3f} "
           f"(best {summary['val_accuracy_best']:.3f}) in {summary['train_seconds']:.0f} s; run dir {run_dir}")

@@ -8,7 +8,7 @@ from rlsd_lab.prompts import ANSWER_MARKER
 from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.verifiers.base import Verifier
 
-INTEGER = re.compile(r"-?\d+")
+INTEGER = re.compile(r"-?[0-9]+")
 
 
 class ArithVerifier(Verifier):

@@ -1,0 +1,82 @@
+"""Short real runs through the Hydra entry point on a tiny random model (no base-policy build needed)."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rlsd_lab.train import run
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["trainer.max_steps=3", "train.val_every=2", "data.prompts_per_step=4", "rollout.group_size=4",
+        "rollout.max_new_tokens=16", "task.val_size=8", "task.train_size=64", "trainer.progress_bar=false"]
+EXPECTED_COLUMNS = {
+    "step", "train/reward", "train/accuracy", "train/loss", "train/policy_loss", "train/entropy",
+    "train/pg_clipfrac_low", "train/pg_clipfrac_high", "train/approx_kl_old", "train/grad_norm", "train/lr",
+    "train/zero_variance_groups", "train/response_length", "train/response_clip_fraction", "val/accuracy",
+    "val/response_length", "time/rollout", "time/verify", "time/update", "perf/rollout_tokens_per_s",
+    "perf/step_tokens_per_s",
+}
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_model, tokenizer):
+    path = tmp_path / "tiny_model"
+    tiny_model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def compose_config(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_short_run_writes_finite_metrics_with_expected_columns(tmp_path, model_dir):
+    cfg = compose_config(FAST + [f"model.path={model_dir}", "train.mini_batches=2", "train.micro_batch_size=3",
+                                 "loss.kl_coef=0.01"])
+    summary = run(cfg, tmp_path / "run")
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert EXPECTED_COLUMNS | {"train/kl_ref", "time/old_logprobs", "time/reference"} <= set(metrics.columns)
+    train_rows = metrics.dropna(subset=["train/loss"])
+    assert train_rows["step"].tolist() == [1, 2, 3]
+    assert all(math.isfinite(x) for x in train_rows["train/loss"])
+    assert all(math.isfinite(x) for x in train_rows["train/grad_norm"])
+    assert metrics.dropna(subset=["val/accuracy"])["step"].tolist() == [0, 2, 3]
+    assert summary["final_step"] == 3
+    assert (tmp_path / "run" / "final_policy" / "config.json").exists()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "run" / "config_resolved.yaml").exists()
+
+
+def test_inconsistent_batch_settings_are_explained(tmp_path, model_dir):
+    cfg = compose_config(FAST + [f"model.path={model_dir}", "train.mini_batches=5"])
+    with pytest.raises(ValueError, match="cannot be split into train.mini_batches=5"):
+        run(cfg, tmp_path / "run")
+
+
+def test_hydra_multirun_over_seeds_from_the_command_line(tmp_path, model_dir):
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "rlsd_lab.train", "-m", "seed=1,2", f"model.path={model_dir}",
+               f"hydra.sweep.dir={sweep}", *FAST, "trainer.max_steps=2"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert runs == ["0_grpo_seed1", "1_grpo_seed2"]
+    for name in runs:
+        metrics = pd.read_csv(sweep / name / "metrics.csv")
+        assert metrics["step"].max() == 2
+        assert (sweep / name / ".hydra" / "config.yaml").exists()
+
+
+def test_unknown_method_on_the_command_line_lists_the_choices(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "rlsd_lab.train", "method=nope"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode != 0
+    assert "Available options" in result.stderr and "grpo" in result.stderr
