@@ -1,16 +1,18 @@
-"""Batched sampling on a `transformers` causal LM with its KV cache: a lean loop instead of `model.generate`.
+"""Batched sampling on a `transformers` causal LM with a KV cache: a lean loop instead of `model.generate`.
 
 Why not `generate`: we need the sampling log-probs of exactly the drawn tokens and a seeded generator, and the
-per-step machinery of `generate` (logits processors, stopping criteria, input preparation) costs more than the
-forward pass of a small model. `benchmarks/rollout_speed.py` compares the two side by side.
+per-step machinery of `generate` (logits processors, stopping criteria, input preparation) costs time a small
+model notices. Distinct prompts are prefilled once and their cache repeated for the G samples
+(rlsd_lab/rollout/kv_cache.py). `benchmarks/rollout_speed.py` compares this engine with `generate` side by side.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from rlsd_lab.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
+from rlsd_lab.rollout.kv_cache import sampling_cache
 from rlsd_lab.rollout.sampling import sample_next_token
 
 
@@ -31,21 +33,23 @@ class HFRolloutEngine(RolloutEngine):
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
-        prompts = [p for p in prompt_ids for _ in range(params.n)]
-        ids, mask = left_pad(prompts, self.pad_id)
         device = next(self.model.parameters()).device
-        ids, mask = ids.to(device), mask.to(device)
+        unique_ids, unique_mask = left_pad(prompt_ids, self.pad_id)
+        unique_ids, unique_mask = unique_ids.to(device), unique_mask.to(device)
+        ids, mask = unique_ids.repeat_interleave(params.n, 0), unique_mask.repeat_interleave(params.n, 0)
+        positions = (unique_mask.cumsum(dim=1) - 1).clamp(min=0)
+        # Without padding the mask is all ones: omitting it lets attention take its plain causal path.
+        padded = bool((unique_mask == 0).any())
         was_training = self.model.training
         self.model.eval()
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1]
-        batch = ids.shape[0]
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        tokens, logprobs, alive = [], [], []
-        next_position = positions[:, -1:] + 1
+        cache = sampling_cache(self.model.config, ids.shape[1] + params.max_new_tokens, params.n)
+        logits = self.model(input_ids=unique_ids, attention_mask=unique_mask if padded else None,
+                            position_ids=positions, past_key_values=cache, use_cache=True,
+                            logits_to_keep=1).logits[:, -1].repeat_interleave(params.n, 0)
+        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+        next_position = positions[:, -1:].repeat_interleave(params.n, 0) + 1
         attention = mask
+        tokens, logprobs, alive = [], [], []
         for _ in range(params.max_new_tokens):
             token, logprob = sample_next_token(logits, params.temperature, params.top_p, self.generator)
             alive.append(~finished)
@@ -54,9 +58,10 @@ class HFRolloutEngine(RolloutEngine):
             finished = finished | (token == self.eos_id)
             if bool(finished.all()):
                 break
-            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-            logits = self.model(input_ids=tokens[-1][:, None], attention_mask=attention, position_ids=next_position,
-                                past_key_values=cache, use_cache=True).logits[:, -1]
+            if padded:
+                attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            logits = self.model(input_ids=tokens[-1][:, None], attention_mask=attention if padded else None,
+                                position_ids=next_position, past_key_values=cache, use_cache=True).logits[:, -1]
             next_position = next_position + 1
         self.model.train(was_training)
         return RolloutBatch(
