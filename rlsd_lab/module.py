@@ -25,6 +25,8 @@ from rlsd_lab.update import accumulate_policy_gradients
 from rlsd_lab.verifiers.base import Verifier
 
 log = logging.getLogger(__name__)
+# Every step's full metrics line; conf/config.yaml routes it to train.log only, keeping the console readable.
+step_log = logging.getLogger("rlsd_lab.steps")
 
 
 def check_batch_config(cfg) -> None:
@@ -117,7 +119,10 @@ class RLModule(L.LightningModule):
                 metrics.update(self.validate_policy())
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
         self.logger.log_metrics(metrics, step=self.rollout_step)
-        log.info("step=%d %s", self.rollout_step, " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)))
+        step_log.info("step=%d %s", self.rollout_step, " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)))
+        if "val/accuracy" in metrics:
+            log.info("step=%d val/accuracy=%.4f train/reward=%.4f time/step=%.2fs", self.rollout_step,
+                     metrics["val/accuracy"], metrics["train/reward"], sum(timer.seconds.values()))
 
     def _logprobs(self, model, rollout) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():

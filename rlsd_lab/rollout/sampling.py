@@ -24,7 +24,5 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float,
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, and is cheaper than torch.multinomial.
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    token = (probs / noise).argmax(dim=-1)
+    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return token, logprobs.gather(-1, token[:, None]).squeeze(-1)
