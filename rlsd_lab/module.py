@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import lightning as L
 import torch
@@ -40,6 +40,12 @@ def check_batch_config(cfg) -> None:
                          f"be split into train.mini_batches={cfg.train.mini_batches} equal mini-batches")
     if cfg.train.micro_batch_size < 1:
         raise ValueError("train.micro_batch_size must be at least 1 response")
+
+
+def reason_shares(reasons: list[str]) -> dict[str, float]:
+    """`verify/<reason>`: the share of responses the verifier scored for each reason (e.g. `verify/wrong_answer`)."""
+    counts = Counter(reason.replace(" ", "_") for reason in reasons)
+    return {f"verify/{reason}": count / len(reasons) for reason, count in counts.items()}
 
 
 class RLModule(L.LightningModule):
@@ -96,8 +102,8 @@ class RLModule(L.LightningModule):
             rollout = self.engine.generate(prompts, self.sampling)
         with timer.phase("verify"):
             texts = decode_responses(self.tokenizer, rollout)
-            rewards = torch.tensor([self.verifier.score(text, problems[i // group])[0]
-                                    for i, text in enumerate(texts)])
+            scores = [self.verifier.score(text, problems[i // group]) for i, text in enumerate(texts)]
+            rewards = torch.tensor([reward for reward, _ in scores], device=rollout.response_mask.device)
         scored = ScoredRollout(rewards=rewards, response_mask=rollout.response_mask, group_size=group)
         advantages, advantage_metrics = self.objective.token_advantages(scored, self.rollout_step)
         fixed = {}
@@ -114,6 +120,7 @@ class RLModule(L.LightningModule):
 
         metrics = {**update_metrics, **{f"train/{k}": v for k, v in advantage_metrics.items()}}
         metrics.update(self._rollout_metrics(rollout, rewards, timer))
+        metrics.update(reason_shares([info["reason"] for _, info in scores]))
         if self.rollout_step % self.cfg.train.val_every == 0 or self.rollout_step == self.cfg.trainer.max_steps:
             with timer.phase("validation"):
                 metrics.update(self.validate_policy())

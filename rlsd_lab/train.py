@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -30,6 +31,10 @@ from rlsd_lab.verifiers import build_verifier
 
 log = logging.getLogger("rlsd_lab")
 LOGGERS = ("csv",)
+# Expected here, not problems: the run directory already holds Hydra's files when the CSV logger opens it, and
+# checkpoints of a manually optimised module are taken after the optimiser step (the state a resume needs).
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def build_logger(cfg, run_dir: Path):
@@ -55,6 +60,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     verifier = build_verifier(cfg.task.name)
     task = build_task(cfg.task)
     model, tokenizer = load_policy(policy_path(cfg))
+    model.train()  # from_pretrained returns eval mode
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_problems = task.problems("train", cfg.task.train_size, seed=cfg.seed)
     # One validation set for every seed, so that runs are compared on the same problems.

@@ -43,6 +43,7 @@ def test_short_run_writes_finite_metrics_with_expected_columns(tmp_path, model_d
     summary = run(cfg, tmp_path / "run")
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert EXPECTED_COLUMNS | {"train/kl_ref", "time/old_logprobs", "time/reference"} <= set(metrics.columns)
+    assert "verify/no_answer_marker" in metrics.columns  # a random model never writes the answer marker
     train_rows = metrics.dropna(subset=["train/loss"])
     assert train_rows["step"].tolist() == [1, 2, 3]
     assert all(math.isfinite(x) for x in train_rows["train/loss"])
