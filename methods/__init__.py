@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from methods.base import MicroBatch, Objective, ScoredRollout
 from methods.grpo import GRPO
+from methods.hybrid import Hybrid
+from methods.opsd import OPSD
+from methods.rlsd import RLSD
 
-OBJECTIVES = {"grpo": GRPO}
+OBJECTIVES = {"grpo": GRPO, "opsd": OPSD, "hybrid": Hybrid, "rlsd": RLSD}
 
 
 def build_objective(method_cfg, loss_cfg) -> Objective:

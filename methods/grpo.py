@@ -33,8 +33,11 @@ def zero_variance_fraction(rewards: torch.Tensor, group_size: int) -> float:
 class GRPO(Objective):
     name = "grpo"
 
+    def sequence_advantages(self, rollout: ScoredRollout) -> torch.Tensor:
+        return group_advantages(rollout.rewards, rollout.group_size, self.cfg.scale_by_std)
+
     def token_advantages(self, rollout: ScoredRollout, step: int):
-        advantages = group_advantages(rollout.rewards, rollout.group_size, self.cfg.scale_by_std)
+        advantages = self.sequence_advantages(rollout)
         metrics = {"zero_variance_groups": zero_variance_fraction(rollout.rewards, rollout.group_size),
                    "advantage_abs_mean": float(advantages.abs().mean())}
         return advantages[:, None] * rollout.response_mask, metrics

@@ -10,18 +10,23 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import lightning as L
 import torch
 
 from methods import Objective, ScoredRollout
+from methods.grpo import group_advantages
+from rlsd_lab.credit import objective_credit, write_credit_records
+from rlsd_lab.diagnostics import leakage_rate, reasoning_mask, teacher_student_kl
 from rlsd_lab.evaluation import decode_responses, greedy_accuracy
-from rlsd_lab.logprobs import response_logprobs
-from rlsd_lab.prompts import render_prompt
+from rlsd_lab.logprobs import TeacherStates, response_hidden, response_logprobs
+from rlsd_lab.prompts import ANSWER_MARKER, reference_text, render_prompt
 from rlsd_lab.rollout import SamplingParams, build_engine
 from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.timing import PhaseTimer
-from rlsd_lab.update import accumulate_policy_gradients
+from rlsd_lab.teacher import TeacherPass
+from rlsd_lab.update import UpdateInputs, accumulate_policy_gradients
 from rlsd_lab.verifiers.base import Verifier
 
 log = logging.getLogger(__name__)
@@ -50,7 +55,7 @@ def reason_shares(reasons: list[str]) -> dict[str, float]:
 
 class RLModule(L.LightningModule):
     def __init__(self, cfg, model, tokenizer, objective: Objective, verifier: Verifier,
-                 train_problems: list[Problem], val_problems: list[Problem]):
+                 train_problems: list[Problem], val_problems: list[Problem], run_dir: str | Path):
         super().__init__()
         check_batch_config(cfg)
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
@@ -64,6 +69,10 @@ class RLModule(L.LightningModule):
         self.reference_model = None
         if cfg.loss.kl_coef > 0:
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
+        # Objectives without a teacher still get a live one for the periodic diagnostics.
+        teacher_cfg = cfg.method.teacher if objective.uses_teacher else {"mode": "live", "sync_every": 1}
+        self.teacher = TeacherPass(model, teacher_cfg["mode"], teacher_cfg["sync_every"])
+        self.run_dir = Path(run_dir)
         self.rollout_step = 0
         self.last_validation: dict[str, float] = {}
 
@@ -95,32 +104,50 @@ class RLModule(L.LightningModule):
     # ---- one RL step ------------------------------------------------------------------------------------------
     def training_step(self, indices: torch.Tensor, batch_idx: int):
         timer = PhaseTimer()
+        step = self.rollout_step
         problems = [self.train_problems[i] for i in indices.tolist()]
-        group = self.cfg.rollout.group_size
+        rows = [p for p in problems for _ in range(self.cfg.rollout.group_size)]
         with timer.phase("rollout"):
-            prompts = [self.tokenizer.encode(render_prompt(p.question), add_special_tokens=False) for p in problems]
+            prompts = [self.encode(render_prompt(p.question)) for p in problems]
             rollout = self.engine.generate(prompts, self.sampling)
         with timer.phase("verify"):
             texts = decode_responses(self.tokenizer, rollout)
-            scores = [self.verifier.score(text, problems[i // group]) for i, text in enumerate(texts)]
+            scores = [self.verifier.score(text, problem) for text, problem in zip(texts, rows)]
             rewards = torch.tensor([reward for reward, _ in scores], device=rollout.response_mask.device)
-        scored = ScoredRollout(rewards=rewards, response_mask=rollout.response_mask, group_size=group)
-        advantages, advantage_metrics = self.objective.token_advantages(scored, self.rollout_step)
-        fixed = {}
+        inputs = UpdateInputs(advantages=torch.empty(0))
         if self.reference_model is not None:
             with timer.phase("reference"):
-                fixed["ref_logprobs"] = self._logprobs(self.reference_model, rollout)[0]
+                inputs.ref_logprobs = self._logprobs(self.reference_model, rollout)
         if self.optimizer_steps_per_rollout > 1:
             # Later mini-batches run on updated weights: freeze pi_old before the first step.
             with timer.phase("old_logprobs"):
-                fixed["old_logprobs"] = self._logprobs(self.model, rollout)[0]
+                inputs.old_logprobs = self._logprobs(self.model, rollout)
+        scored = ScoredRollout(rewards=rewards, response_mask=rollout.response_mask,
+                               group_size=self.cfg.rollout.group_size,
+                               student_logprobs=inputs.old_logprobs if inputs.old_logprobs is not None
+                               else rollout.logprobs,
+                               reasoning_mask=reasoning_mask(rollout.response_ids, rollout.response_mask,
+                                                             self.encode(ANSWER_MARKER)))
+        diagnose = step % self.cfg.diagnostics.every == 0
+        teacher_states = None
+        if self.objective.uses_teacher or diagnose:
+            with timer.phase("teacher"):
+                scored.teacher_logprobs, teacher_states = self._teacher_pass(
+                    rollout, rows, step, keep_hidden=self.objective.token_divergence is not None or diagnose)
+            inputs.delta = scored.delta if self.objective.uses_teacher else None
+            inputs.teacher = teacher_states if self.objective.uses_teacher else None
+        inputs.advantages, advantage_metrics = self.objective.token_advantages(scored, step)
         with timer.phase("update"):
-            update_metrics = self._update(rollout, advantages, fixed)
+            update_metrics = self._update(rollout, inputs, measure_terms=diagnose)
         self.rollout_step += 1
 
         metrics = {**update_metrics, **{f"train/{k}": v for k, v in advantage_metrics.items()}}
         metrics.update(self._rollout_metrics(rollout, rewards, timer))
         metrics.update(reason_shares([info["reason"] for _, info in scores]))
+        metrics["train/leakage_rate"] = self._leakage_rate(texts)
+        if diagnose:
+            with timer.phase("diagnostics"):
+                metrics.update(self._diagnostics(rollout, scored, teacher_states, rows, texts, step))
         if self.rollout_step % self.cfg.train.val_every == 0 or self.rollout_step == self.cfg.trainer.max_steps:
             with timer.phase("validation"):
                 metrics.update(self.validate_policy())
@@ -131,12 +158,51 @@ class RLModule(L.LightningModule):
             log.info("step=%d val/accuracy=%.4f train/reward=%.4f time/step=%.2fs", self.rollout_step,
                      metrics["val/accuracy"], metrics["train/reward"], sum(timer.seconds.values()))
 
-    def _logprobs(self, model, rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _teacher_pass(self, rollout, rows: list[Problem], step: int, keep_hidden: bool):
+        """Teacher log-probs (and hidden states) of the sampled responses under the privileged prompt."""
+        mode = self.cfg.method.teacher.reference if self.objective.uses_teacher else self.cfg.diagnostics.reference
+        teacher_prompts = [self.encode(render_prompt(p.question, reference_text(p, mode))) for p in rows]
+        return self.teacher.run(self.teacher.weights(self.model, step), teacher_prompts, rollout.response_ids,
+                                self.tokenizer.pad_token_id, self.cfg.rollout.temperature,
+                                self.cfg.train.logprob_chunk_size, keep_hidden)
+
+    def _leakage_rate(self, texts: list[str]) -> float:
+        cfg = self.cfg.diagnostics
+        return leakage_rate(texts, list(cfg.leakage_phrases), ANSWER_MARKER, cfg.answer_first)
+
+    @torch.no_grad()
+    def _diagnostics(self, rollout, scored: ScoredRollout, teacher_states, rows, texts, step) -> dict[str, float]:
+        """On-policy teacher-student KL and a token-credit export, every `diagnostics.every` steps."""
+        length = rollout.response_ids.shape[1]
+        student_hidden = response_hidden(self.model, rollout.input_ids, rollout.attention_mask, length)
+        student_states = TeacherStates(student_hidden, self.model.get_output_embeddings())
+        metrics = {"train/teacher_student_kl": teacher_student_kl(
+            student_states, teacher_states, rollout.response_mask, self.cfg.rollout.temperature,
+            self.cfg.train.logprob_chunk_size)}
+        sample = torch.arange(min(self.cfg.diagnostics.credit_samples, len(rows)))
+        if len(sample) and self.objective.uses_teacher:
+            self._export_credit(rollout, scored, student_states, teacher_states, rows, sample, step)
+        return metrics
+
+    def _export_credit(self, rollout, scored, student_states, teacher_states, rows, sample, step) -> None:
+        credit = objective_credit(self.objective, scored, step, student_states, teacher_states,
+                                  rollout.response_ids, self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size)
+        sequence_advantages = group_advantages(scored.rewards, scored.group_size)
+        lengths = rollout.response_lengths().long()
+        tokens = [self.tokenizer.convert_ids_to_tokens(rollout.response_ids[i, :lengths[i]].tolist()) for i in sample]
+        write_credit_records(self.run_dir / "token_credit.jsonl", step, self.objective.name,
+                             [render_prompt(rows[i].question) for i in sample], tokens, credit[sample],
+                             scored.rewards[sample], sequence_advantages[sample])
+
+    def _logprobs(self, model, rollout) -> torch.Tensor:
         with torch.no_grad():
             return response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1],
-                                     self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size)
+                                     self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size).logprobs
 
-    def _update(self, rollout, advantages: torch.Tensor, fixed: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _update(self, rollout, inputs: UpdateInputs, measure_terms: bool) -> dict[str, float]:
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
         cfg = self.cfg.train
         rows = rollout.response_ids.shape[0]
@@ -147,9 +213,9 @@ class RLModule(L.LightningModule):
             for mini in order.chunk(cfg.mini_batches):
                 optimizer.zero_grad()
                 step_sums = accumulate_policy_gradients(
-                    self.model, self.objective, rollout, advantages, mini, fixed, self.cfg.loss.aggregation,
+                    self.model, self.objective, rollout, inputs, mini, self.cfg.loss.aggregation,
                     self.cfg.rollout.max_new_tokens, cfg.micro_batch_size, self.cfg.rollout.temperature,
-                    cfg.logprob_chunk_size, backward=self.manual_backward)
+                    cfg.logprob_chunk_size, backward=self.manual_backward, measure_terms=measure_terms)
                 for name, value in step_sums.items():
                     sums[name] += value
                 sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))

@@ -65,7 +65,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     train_problems = task.problems("train", cfg.task.train_size, seed=cfg.seed)
     # One validation set for every seed, so that runs are compared on the same problems.
     val_problems = task.problems("val", cfg.task.val_size, seed=0)
-    module = RLModule(cfg, model, tokenizer, objective, verifier, train_problems, val_problems)
+    module = RLModule(cfg, model, tokenizer, objective, verifier, train_problems, val_problems, run_dir)
     loader = torch.utils.data.DataLoader(range(len(train_problems)), batch_size=cfg.data.prompts_per_step,
                                          shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(cfg.seed))

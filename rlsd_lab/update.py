@@ -7,40 +7,72 @@ same for any `micro_batch_size` (tested in tests/test_update.py).
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
 from methods import MicroBatch, Objective
 from methods.policy_loss import aggregation_weights
-from rlsd_lab.logprobs import response_logprobs
+from rlsd_lab.logprobs import TeacherStates, response_logprobs
 
 
-def accumulate_policy_gradients(model, objective: Objective, rollout, advantages: torch.Tensor, rows: torch.Tensor,
-                                fixed: dict[str, torch.Tensor], aggregation: str, max_response_length: int,
-                                micro_batch_size: int, temperature: float, chunk_size: int,
-                                backward=torch.Tensor.backward) -> dict[str, float]:
+@dataclass
+class UpdateInputs:
+    """Everything fixed for one rollout batch: advantages, and the optional pi_old / reference / teacher data."""
+
+    advantages: torch.Tensor  # [B, T]
+    old_logprobs: torch.Tensor | None = None  # None: pi_old = current weights (first optimiser step)
+    ref_logprobs: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
+    teacher: TeacherStates | None = None
+
+
+def _rows(tensor: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if tensor is None else tensor[rows]
+
+
+def accumulate_policy_gradients(model, objective: Objective, rollout, inputs: UpdateInputs, rows: torch.Tensor,
+                                aggregation: str, max_response_length: int, micro_batch_size: int,
+                                temperature: float, chunk_size: int, backward=torch.Tensor.backward,
+                                measure_terms: bool = False) -> dict[str, float]:
     """Backpropagates the loss of mini-batch `rows` in micro-batches; returns the loss and token-mean diagnostics.
 
-    `fixed` may hold `old_logprobs` (else the current log-probs, detached, are pi_old: exact for the first
-    optimiser step on a rollout batch) and `ref_logprobs` for a KL penalty.
+    With `measure_terms`, also the gradient norm of each of `objective.loss_terms` (hybrids), at the cost of one
+    extra backward per term.
     """
     mask = rollout.response_mask[rows]
     length = mask.shape[1]
     loss_weights = aggregation_weights(mask, aggregation, max_response_length)
     token_weights = aggregation_weights(mask, "token-mean", length)
     input_ids, attention = rollout.input_ids[rows], rollout.attention_mask[rows]
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    term_grads: dict[str, list[torch.Tensor]] = {}
     sums: dict[str, float] = defaultdict(float)
     for part in torch.arange(len(rows)).split(micro_batch_size):
-        logprobs, entropy = response_logprobs(model, input_ids[part], attention[part], length, temperature, chunk_size)
         select = rows[part]
-        old = fixed["old_logprobs"][select] if "old_logprobs" in fixed else logprobs.detach()
-        ref = fixed["ref_logprobs"][select] if "ref_logprobs" in fixed else None
-        micro = MicroBatch(logprobs=logprobs, old_logprobs=old, advantages=advantages[select], entropy=entropy,
-                           ref_logprobs=ref)
+        teacher = None
+        if inputs.teacher is not None and objective.token_divergence is not None:
+            teacher = TeacherStates(inputs.teacher.hidden[select], inputs.teacher.head)
+        scores = response_logprobs(model, input_ids[part], attention[part], length, temperature, chunk_size,
+                                   teacher=teacher, divergence_fn=objective.token_divergence if teacher else None)
+        old = _rows(inputs.old_logprobs, select)
+        micro = MicroBatch(logprobs=scores.logprobs, old_logprobs=scores.logprobs.detach() if old is None else old,
+                           advantages=inputs.advantages[select], entropy=scores.entropy,
+                           ref_logprobs=_rows(inputs.ref_logprobs, select), delta=_rows(inputs.delta, select),
+                           divergence=scores.divergence)
         per_token, diagnostics = objective.per_token_loss(micro)
+        if measure_terms:
+            for name, term in objective.loss_terms(micro).items():
+                grads = torch.autograd.grad((loss_weights[part] * term).sum(), parameters, retain_graph=True,
+                                            allow_unused=True)
+                previous = term_grads.get(name)
+                grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, parameters)]
+                term_grads[name] = grads if previous is None else [a + b for a, b in zip(previous, grads)]
         loss = (loss_weights[part] * per_token).sum()
         backward(loss)
         sums["loss"] += float(loss.detach())
         for name, value in diagnostics.items():
             sums[name] += float((token_weights[part] * value.float()).sum())
+    for name, grads in term_grads.items():
+        sums[f"grad_norm/{name}"] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
     return sums

@@ -30,8 +30,8 @@ def test_sampling_logprobs_match_a_full_forward_pass(tiny_model, tokenizer):
     batch = build_engine("hf", tiny_model, tokenizer, seed=1).generate(
         prompts(tokenizer), SamplingParams(max_new_tokens=12, temperature=0.7, n=2))
     with torch.no_grad():
-        logprobs, _ = response_logprobs(tiny_model, batch.input_ids, batch.attention_mask,
-                                        batch.response_ids.shape[1], temperature=0.7, chunk_size=5)
+        logprobs = response_logprobs(tiny_model, batch.input_ids, batch.attention_mask,
+                                     batch.response_ids.shape[1], temperature=0.7, chunk_size=5).logprobs
     torch.testing.assert_close(logprobs * batch.response_mask, batch.logprobs, atol=1e-4, rtol=1e-4)
 
 
@@ -66,8 +66,8 @@ def test_top_p_only_draws_from_the_nucleus():
 def test_chunked_logprobs_equal_unchunked(tiny_model, tokenizer):
     batch = build_engine("hf", tiny_model, tokenizer, seed=3).generate(prompts(tokenizer), SamplingParams(10, n=2))
     args = (tiny_model, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1])
-    whole, entropy_whole = response_logprobs(*args, chunk_size=1000)
-    chunked, entropy_chunked = response_logprobs(*args, chunk_size=3)
+    whole, entropy_whole, _ = response_logprobs(*args, chunk_size=1000)
+    chunked, entropy_chunked, _ = response_logprobs(*args, chunk_size=3)
     torch.testing.assert_close(chunked, whole)
     torch.testing.assert_close(entropy_chunked, entropy_whole)
     assert whole.requires_grad  # under autograd the chunks are checkpointed, not detached

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from methods import ScoredRollout, build_objective
 from rlsd_lab.logprobs import response_logprobs
 from rlsd_lab.rollout import SamplingParams, build_engine
-from rlsd_lab.update import accumulate_policy_gradients
+from rlsd_lab.update import UpdateInputs, accumulate_policy_gradients
 
 LOSS = OmegaConf.create({"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0, "kl_coef": 0.0,
                          "kl_estimator": "k3", "entropy_coef": 0.0})
@@ -27,10 +27,11 @@ def make_rollout(model, tokenizer, prompts=4, group=4, max_new_tokens=12, seed=0
     return batch
 
 
-def gradient_after(model, objective, rollout, advantages, aggregation, micro_batch_size, fixed=None):
+def gradient_after(model, objective, rollout, advantages, aggregation, micro_batch_size, old_logprobs=None):
     model.zero_grad()
     rows = torch.arange(rollout.response_ids.shape[0])
-    sums = accumulate_policy_gradients(model, objective, rollout, advantages, rows, fixed or {}, aggregation, 12,
+    inputs = UpdateInputs(advantages=advantages, old_logprobs=old_logprobs)
+    sums = accumulate_policy_gradients(model, objective, rollout, inputs, rows, aggregation, 12,
                                        micro_batch_size, temperature=1.0, chunk_size=5)
     return sums, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
@@ -58,8 +59,8 @@ def test_positive_advantage_raises_the_log_prob_of_its_response(tiny_model, toke
 
     def sequence_logprobs():
         with torch.no_grad():
-            logprobs, _ = response_logprobs(tiny_model, rollout.input_ids, rollout.attention_mask,
-                                            rollout.response_ids.shape[1])
+            logprobs = response_logprobs(tiny_model, rollout.input_ids, rollout.attention_mask,
+                                         rollout.response_ids.shape[1]).logprobs
         return (logprobs * rollout.response_mask).sum(1)
 
     before = sequence_logprobs()
@@ -75,6 +76,6 @@ def test_first_step_uses_detached_current_logprobs_as_pi_old(tiny_model, tokeniz
     advantages, _ = objective.token_advantages(ScoredRollout(torch.tensor([1.0, 0.0] * 8), rollout.response_mask, 4), 0)
     implicit, grad_implicit = gradient_after(tiny_model, objective, rollout, advantages, "token-mean", 8)
     explicit, grad_explicit = gradient_after(tiny_model, objective, rollout, advantages, "token-mean", 8,
-                                             fixed={"old_logprobs": rollout.logprobs})
+                                             old_logprobs=rollout.logprobs)
     torch.testing.assert_close(grad_explicit, grad_implicit, atol=1e-5, rtol=1e-4)
     assert implicit["pg_clipfrac_low"] == 0 and implicit["pg_clipfrac_high"] == 0

@@ -1,0 +1,66 @@
+"""Per-token credit: what each objective does to each token of a response, for export and side-by-side plots.
+
+Credit is the effective per-token advantage (the weight on grad log P_S(y_t) in the update). For the
+divergence form of OPSD, which has no advantage, it is minus the derivative of the token's divergence with
+respect to log P_S(y_t) of the sampled token (computed here by autograd, chunk by chunk).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from methods import Objective, ScoredRollout
+from rlsd_lab.logprobs import TeacherStates, vocab_logprobs
+
+
+def divergence_credit(divergence_fn, student: TeacherStates, teacher: TeacherStates, targets: torch.Tensor,
+                      temperature: float, chunk_size: int) -> torch.Tensor:
+    """[B, T] -dD_t / d log P_S(y_t), with D the objective's per-token divergence."""
+    credits = []
+    for start in range(0, targets.shape[1], chunk_size):
+        window = slice(start, start + chunk_size)
+        with torch.no_grad():
+            t = vocab_logprobs(teacher.head, teacher.hidden[:, window], temperature)
+            s = vocab_logprobs(student.head, student.hidden[:, window], temperature)
+        with torch.enable_grad():
+            s = s.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(divergence_fn(s, t).sum(), s)
+        credits.append(-grad.gather(-1, targets[:, window, None]).squeeze(-1))
+    return torch.cat(credits, dim=1)
+
+
+def objective_credit(objective: Objective, scored: ScoredRollout, step: int, student: TeacherStates | None,
+                     teacher: TeacherStates | None, targets: torch.Tensor, temperature: float,
+                     chunk_size: int) -> torch.Tensor:
+    """[B, T] credit of one objective on these responses (0 on padding)."""
+    opsd_credit = None
+    if objective.token_divergence is not None:
+        opsd_credit = divergence_credit(objective.token_divergence, student, teacher, targets, temperature,
+                                        chunk_size) * scored.response_mask
+    return objective.token_credit(scored, step, opsd_credit)
+
+
+def compare_credits(objectives: dict[str, Objective], scored: ScoredRollout, step: int, student: TeacherStates,
+                    teacher: TeacherStates, targets: torch.Tensor, temperature: float = 1.0,
+                    chunk_size: int = 256) -> dict[str, torch.Tensor]:
+    """All given objectives' [B, T] credits on the same responses, for side-by-side comparison.
+
+    `scored` must carry student and teacher log-probs; `student`/`teacher` are both contexts' hidden states.
+    """
+    return {name: objective_credit(objective, scored, step, student, teacher, targets, temperature, chunk_size)
+            for name, objective in objectives.items()}
+
+
+def write_credit_records(path: Path, step: int, method: str, prompts: list[str], tokens: list[list[str]],
+                         credits: torch.Tensor, rewards: torch.Tensor, advantages: torch.Tensor) -> None:
+    """Appends one JSON line per response: step, method, prompt, response tokens, credit, reward, A."""
+    with path.open("a") as out:
+        for row, (prompt, response_tokens) in enumerate(zip(prompts, tokens)):
+            out.write(json.dumps({
+                "step": step, "method": method, "prompt": prompt, "tokens": response_tokens,
+                "credit": [round(float(c), 6) for c in credits[row, :len(response_tokens)]],
+                "reward": float(rewards[row]), "advantage": float(advantages[row]),
+            }) + "\n")

@@ -1,0 +1,50 @@
+"""Diagnostics shared by all methods: leakage rate, on-policy teacher-student divergence, answer spans.
+
+Leakage: the share of student responses (no reference in context) that show the reference's influence. For the
+embedded task: the citation marker the base policy learned from reference-conditioned data (`@ref`), or the
+answer stated before any step; for real data, a configurable phrase list (`diagnostics.leakage_phrases`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlsd_lab.logprobs import TeacherStates, vocab_logprobs
+
+
+def shows_leakage(text: str, phrases: list[str], answer_marker: str, answer_first: bool) -> bool:
+    if any(phrase in text for phrase in phrases):
+        return True
+    return answer_first and text.lstrip().startswith(answer_marker)
+
+
+def leakage_rate(texts: list[str], phrases: list[str], answer_marker: str, answer_first: bool) -> float:
+    return sum(shows_leakage(t, phrases, answer_marker, answer_first) for t in texts) / max(len(texts), 1)
+
+
+@torch.no_grad()
+def teacher_student_kl(student: TeacherStates, teacher: TeacherStates, response_mask: torch.Tensor,
+                       temperature: float, chunk_size: int) -> float:
+    """Mean over response tokens of KL(P_S || P_T), full vocabulary, chunk by chunk."""
+    total = 0.0
+    for start in range(0, response_mask.shape[1], chunk_size):
+        window = slice(start, start + chunk_size)
+        s = vocab_logprobs(student.head, student.hidden[:, window], temperature)
+        t = vocab_logprobs(teacher.head, teacher.hidden[:, window], temperature)
+        total += float(((s.exp() * (s - t)).sum(-1) * response_mask[:, window]).sum())
+    return total / max(float(response_mask.sum()), 1.0)
+
+
+def reasoning_mask(response_ids: torch.Tensor, response_mask: torch.Tensor, marker_ids: list[int]) -> torch.Tensor:
+    """[B, T] 1 on tokens before the last occurrence of the answer marker (all tokens when it is absent)."""
+    mask = response_mask.clone()
+    width = len(marker_ids)
+    marker = torch.tensor(marker_ids, device=response_ids.device)
+    for row in range(response_ids.shape[0]):
+        windows = response_ids[row].unfold(0, width, 1) if response_ids.shape[1] >= width else None
+        if windows is None:
+            continue
+        hits = (windows == marker).all(dim=1).nonzero()
+        if len(hits):
+            mask[row, int(hits[-1]):] = 0
+    return mask
