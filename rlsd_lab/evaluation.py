@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlsd_lab.prompts import render_prompt
+from rlsd_lab.prompts import PromptRenderer
 from rlsd_lab.rollout.base import RolloutEngine, SamplingParams
 from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.verifiers.base import Verifier
@@ -13,14 +13,15 @@ def decode_responses(tokenizer, batch) -> list[str]:
 
 
 def greedy_accuracy(engine: RolloutEngine, tokenizer, verifier: Verifier, problems: list[Problem],
-                    max_new_tokens: int, batch_size: int = 256) -> dict[str, float]:
+                    max_new_tokens: int, batch_size: int = 256, prompts: PromptRenderer | None = None
+                    ) -> dict[str, float]:
     """Share of problems answered correctly with greedy decoding, plus mean response length."""
     correct, tokens = 0.0, 0.0
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    prompts = prompts or PromptRenderer("plain", tokenizer)
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
-        prompts = [tokenizer.encode(render_prompt(p.question), add_special_tokens=False) for p in chunk]
-        batch = engine.generate(prompts, params)
+        batch = engine.generate([prompts.ids(p.question) for p in chunk], params)
         for text, problem in zip(decode_responses(tokenizer, batch), chunk):
             correct += verifier.score(text, problem)[0]
         tokens += float(batch.response_lengths().sum())

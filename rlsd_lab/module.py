@@ -21,7 +21,7 @@ from rlsd_lab.credit import objective_credit, write_credit_records
 from rlsd_lab.diagnostics import leakage_rate, reasoning_mask, teacher_student_kl
 from rlsd_lab.evaluation import decode_responses, greedy_accuracy
 from rlsd_lab.logprobs import TeacherStates, response_hidden, response_logprobs
-from rlsd_lab.prompts import ANSWER_MARKER, reference_text, render_prompt
+from rlsd_lab.prompts import ANSWER_MARKER, PromptRenderer, reference_text
 from rlsd_lab.rollout import SamplingParams, build_engine
 from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.timing import PhaseTimer
@@ -62,6 +62,7 @@ class RLModule(L.LightningModule):
         self.objective, self.verifier = objective, verifier
         self.train_problems, self.val_problems = train_problems, val_problems
         self.automatic_optimization = False
+        self.prompts = PromptRenderer(cfg.model.prompt_format, tokenizer)
         self.engine = build_engine(cfg.rollout.name, model, tokenizer, seed=cfg.seed)
         self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                        top_p=cfg.rollout.top_p, n=cfg.rollout.group_size)
@@ -91,7 +92,8 @@ class RLModule(L.LightningModule):
     # ---- validation -------------------------------------------------------------------------------------------
     def validate_policy(self) -> dict[str, float]:
         result = greedy_accuracy(self.engine, self.tokenizer, self.verifier, self.val_problems,
-                                 self.cfg.rollout.max_new_tokens, batch_size=self.cfg.train.val_batch_size)
+                                 self.cfg.rollout.max_new_tokens, batch_size=self.cfg.train.val_batch_size,
+                                 prompts=self.prompts)
         self.last_validation = {f"val/{k}": v for k, v in result.items()}
         return self.last_validation
 
@@ -108,7 +110,7 @@ class RLModule(L.LightningModule):
         problems = [self.train_problems[i] for i in indices.tolist()]
         rows = [p for p in problems for _ in range(self.cfg.rollout.group_size)]
         with timer.phase("rollout"):
-            prompts = [self.encode(render_prompt(p.question)) for p in problems]
+            prompts = [self.prompts.ids(p.question) for p in problems]
             rollout = self.engine.generate(prompts, self.sampling)
         with timer.phase("verify"):
             texts = decode_responses(self.tokenizer, rollout)
@@ -164,7 +166,7 @@ class RLModule(L.LightningModule):
     def _teacher_pass(self, rollout, rows: list[Problem], step: int, keep_hidden: bool):
         """Teacher log-probs (and hidden states) of the sampled responses under the privileged prompt."""
         mode = self.cfg.method.teacher.reference if self.objective.uses_teacher else self.cfg.diagnostics.reference
-        teacher_prompts = [self.encode(render_prompt(p.question, reference_text(p, mode))) for p in rows]
+        teacher_prompts = [self.prompts.ids(p.question, reference_text(p, mode)) for p in rows]
         return self.teacher.run(self.teacher.weights(self.model, step), teacher_prompts, rollout.response_ids,
                                 self.tokenizer.pad_token_id, self.cfg.rollout.temperature,
                                 self.cfg.train.logprob_chunk_size, keep_hidden)
@@ -194,7 +196,7 @@ class RLModule(L.LightningModule):
         lengths = rollout.response_lengths().long()
         tokens = [self.tokenizer.convert_ids_to_tokens(rollout.response_ids[i, :lengths[i]].tolist()) for i in sample]
         write_credit_records(self.run_dir / "token_credit.jsonl", step, self.objective.name,
-                             [render_prompt(rows[i].question) for i in sample], tokens, credit[sample],
+                             [self.prompts.text(rows[i].question) for i in sample], tokens, credit[sample],
                              scored.rewards[sample], sequence_advantages[sample])
 
     def _logprobs(self, model, rollout) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Prompt rendering for the embedded character-level model.
+"""Prompt rendering: the embedded plain template, or a model's chat template.
 
 One template serves student and teacher: the teacher prompt is the student prompt with exactly one reference
 block inserted before the response starts, nothing else changed (methods.md, "Decision (teacher prompt)").
@@ -30,3 +30,38 @@ def render_prompt(question: str, reference: str = "") -> str:
     """`Q:<question>\\n`, plus `[<reference>]\\n` when a reference is given."""
     block = f"[{reference}]\n" if reference else ""
     return f"Q:{question}\n{block}"
+
+
+def chat_prompt(tokenizer, question: str, reference: str = "") -> str:
+    """The model's own chat template around one user turn; the teacher's turn carries the reference block.
+
+    The block (`CHAT_REFERENCE_BLOCK`) is appended to the user message; the template, system prompt and
+    generation prompt are the same for student and teacher.
+    """
+    content = question + (CHAT_REFERENCE_BLOCK.format(reference=reference) if reference else "")
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+CHAT_REFERENCE_BLOCK = "\n\nReference (for you only):\n{reference}"
+PROMPT_FORMATS = ("plain", "chat")
+
+
+class PromptRenderer:
+    """Renders student (`reference=""`) and teacher prompts in one `format`: `plain` (the embedded template)
+    or `chat` (the tokenizer's chat template, for real instruction-tuned models)."""
+
+    def __init__(self, format: str, tokenizer):
+        if format not in PROMPT_FORMATS:
+            raise ValueError(f"unknown prompt format {format!r}; valid choices: {', '.join(PROMPT_FORMATS)}")
+        if format == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("model.prompt_format=chat needs a tokenizer with a chat template")
+        self.format, self.tokenizer = format, tokenizer
+
+    def text(self, question: str, reference: str = "") -> str:
+        if self.format == "chat":
+            return chat_prompt(self.tokenizer, question, reference)
+        return render_prompt(question, reference)
+
+    def ids(self, question: str, reference: str = "") -> list[int]:
+        return self.tokenizer.encode(self.text(question, reference), add_special_tokens=False)

@@ -1,5 +1,6 @@
 """Short real runs through the Hydra entry point on a tiny random model (no base-policy build needed)."""
 
+import json
 import math
 import os
 import subprocess
@@ -81,3 +82,26 @@ def test_unknown_method_on_the_command_line_lists_the_choices(tmp_path):
                             text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode != 0
     assert "Available options" in result.stderr and "grpo" in result.stderr
+
+
+@pytest.mark.parametrize("method", [["method=opsd"], ["method=opsd", "method.support=teacher_top1"],
+                                    ["method=opsd", "method.form=sampled_token", "method.teacher.mode=periodic"],
+                                    ["method=hybrid", "method.beta_h=0.2"],
+                                    ["method=hybrid", "method.beta_h=0.2", "method.mix=advantage"],
+                                    ["method=rlsd", "method.reasoning_only=true"]])
+def test_teacher_methods_train_end_to_end(tmp_path, model_dir, method):
+    cfg = compose_config(FAST + [f"model.path={model_dir}", "trainer.max_steps=2", "diagnostics.every=1", *method])
+    run(cfg, tmp_path / "run")
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv").dropna(subset=["train/loss"])
+    assert len(metrics) == 2 and metrics["train/loss"].map(math.isfinite).all()
+    assert {"time/teacher", "train/teacher_student_kl", "train/leakage_rate"} <= set(metrics.columns)
+    records = [json.loads(line) for line in (tmp_path / "run" / "token_credit.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in records} == {0, 1} and all(len(r["credit"]) == len(r["tokens"]) for r in records)
+    if "method=hybrid" in method:
+        assert {"train/grad_norm/grpo", "train/grad_norm/opsd"} <= set(metrics.columns)
+
+
+def test_hybrid_without_beta_h_stops_with_a_message(tmp_path, model_dir):
+    cfg = compose_config(FAST + [f"model.path={model_dir}", "method=hybrid"])
+    with pytest.raises(ValueError, match="needs method.beta_h"):
+        run(cfg, tmp_path / "run")

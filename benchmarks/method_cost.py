@@ -1,0 +1,133 @@
+"""Step time and peak memory of each method relative to GRPO, side by side in one run. Writes JSON.
+
+Each (method, round) trains `--steps` RL steps in a fresh subprocess (so allocator state and the peak-memory
+high-water mark start clean), rounds alternate the methods, and the medians over rounds are compared.
+Step time = rollout + verify + teacher + update (+ old/reference log-probs) per step, the first step dropped;
+validation and diagnostics are switched off. Peak memory = the process's peak RSS minus its RSS just before
+training (CPU), or torch.cuda.max_memory_allocated (GPU). The model is the embedded architecture, randomly
+initialised: with the same seed every method starts from the same rollouts, most of them `--tokens` long.
+
+    python benchmarks/method_cost.py --out bench_results/method_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = {"grpo": ["method=grpo"], "rlsd": ["method=rlsd"], "opsd": ["method=opsd"],
+           "hybrid": ["method=hybrid", "method.beta_h=0.1"]}
+PHASES = ("time/rollout", "time/verify", "time/teacher", "time/update", "time/old_logprobs", "time/reference")
+
+
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def worker(method: str, steps: int, tokens: int, model_dir: str) -> dict:
+    """One measurement in this process: train `steps` steps of `method`, report step times and peak memory."""
+    sys.path.insert(0, str(ROOT))
+    import pandas as pd
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    import rlsd_lab.train as train
+
+    overrides = METHODS[method] + [
+        f"model.path={model_dir}", f"trainer.max_steps={steps}", f"train.val_every={10**6}",
+        f"diagnostics.every={10**6}", f"rollout.max_new_tokens={tokens}", "trainer.progress_bar=false",
+        "task.val_size=1", "train.checkpoint_every=1000000"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    gpu = torch.cuda.is_available()
+    if gpu:
+        cfg.trainer.accelerator = "gpu"
+    baseline = {}
+
+    original_fit = train.L.Trainer.fit
+
+    def fit_with_baseline(self, *args, **kwargs):  # the baseline is taken with the model loaded, before training
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+            baseline["bytes"] = torch.cuda.memory_allocated()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # resets the peak-RSS high-water mark
+            baseline["bytes"] = rss_kib("VmRSS") * 1024
+        return original_fit(self, *args, **kwargs)
+
+    train.L.Trainer.fit = fit_with_baseline
+    with tempfile.TemporaryDirectory() as run_dir:
+        train.run(cfg, Path(run_dir))
+        peak = torch.cuda.max_memory_allocated() if gpu else rss_kib("VmHWM") * 1024
+        metrics = pd.read_csv(Path(run_dir) / "metrics.csv").dropna(subset=["time/update"])
+    step_seconds = metrics[[c for c in PHASES if c in metrics]].fillna(0).sum(axis=1).tolist()[1:]
+    return {"step_seconds_median": statistics.median(step_seconds), "peak_bytes_over_baseline": peak - baseline["bytes"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "method_cost.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.steps, args.tokens, args.model_dir)))
+        return
+
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from omegaconf import OmegaConf
+
+    from rlsd_lab.models import build_tiny_qwen2
+    from rlsd_lab.tokenizer import build_char_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_char_tokenizer()
+    architecture = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").architecture)
+    model = build_tiny_qwen2(tokenizer, architecture)
+    results: dict[str, list[dict]] = {m: [] for m in args.methods}
+    with tempfile.TemporaryDirectory() as model_dir:
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        for round_index in range(args.rounds):
+            for method in args.methods:
+                command = [sys.executable, __file__, "--worker", method, "--model-dir", model_dir,
+                           "--steps", str(args.steps), "--tokens", str(args.tokens)]
+                out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+                if out.returncode:
+                    raise SystemExit(f"{method} failed:\n{out.stderr[-3000:]}")
+                results[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"round {round_index + 1} {method}: {results[method][-1]}", flush=True)
+    summary = {m: {"step_seconds": statistics.median(r["step_seconds_median"] for r in runs),
+                   "peak_bytes_over_baseline": statistics.median(r["peak_bytes_over_baseline"] for r in runs)}
+               for m, runs in results.items()}
+    grpo = summary.get("grpo")
+    result = {"benchmark": "method_cost", "steps": args.steps, "rounds": args.rounds, "tokens": args.tokens,
+              "device": "cuda" if torch.cuda.is_available() else "cpu", "per_method": summary, "runs": results}
+    if grpo:
+        result["ratio_to_grpo"] = {m: {"step_time": s["step_seconds"] / grpo["step_seconds"],
+                                       "peak_memory": s["peak_bytes_over_baseline"] / grpo["peak_bytes_over_baseline"]}
+                                   for m, s in summary.items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result.get("ratio_to_grpo", summary), indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
