@@ -7,14 +7,14 @@ from methods.grpo import GRPO
 from methods.hybrid import Hybrid
 from methods.opsd import OPSD
 from methods.rlsd import RLSD
+from rlsd_lab.choices import check_choice
 
 OBJECTIVES = {"grpo": GRPO, "opsd": OPSD, "hybrid": Hybrid, "rlsd": RLSD}
 
 
 def build_objective(method_cfg, loss_cfg) -> Objective:
     name = method_cfg.name
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown method {name!r}; valid choices: {', '.join(sorted(OBJECTIVES))}")
+    check_choice("method", name, sorted(OBJECTIVES))
     return OBJECTIVES[name](method_cfg, loss_cfg)
 
 

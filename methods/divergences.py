@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from rlsd_lab.choices import unknown_choice
+
 SUPPORTS = ("full", "teacher_top1", "student_top1")
 
 
@@ -56,6 +58,6 @@ def token_divergence(student: torch.Tensor, teacher: torch.Tensor, support: str,
     elif support == "student_top1":
         loss = student_top1_cross_entropy(student, teacher)
     else:
-        raise ValueError(f"unknown OPSD support {support!r}; valid choices: {', '.join(SUPPORTS)}")
+        raise unknown_choice("OPSD support", support, SUPPORTS)
     # Above the clip the loss is constant, so those tokens contribute no gradient.
     return loss.clamp(max=clip) if clip is not None else loss

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from methods.base import MicroBatch, ScoredRollout
 from methods.grpo import GRPO
 from methods.opsd import OPSD
+from rlsd_lab.choices import check_choice
 
 MIXES = ("loss", "advantage")
 
@@ -23,8 +24,7 @@ class Hybrid(GRPO):
         if OmegaConf.is_missing(cfg, "beta_h") or cfg.beta_h is None:
             raise ValueError("method=hybrid needs method.beta_h (no published value; sweep it, e.g. "
                              "method.beta_h=0.1)")
-        if cfg.mix not in MIXES:
-            raise ValueError(f"unknown hybrid mix {cfg.mix!r}; valid choices: {', '.join(MIXES)}")
+        check_choice("hybrid mix", cfg.mix, MIXES)
         self.opsd = OPSD(cfg.opsd, loss_cfg)
         self.token_divergence = self.opsd.token_divergence if cfg.mix == "loss" else None
 

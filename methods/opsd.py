@@ -15,6 +15,7 @@ import torch
 
 from methods.base import MicroBatch, Objective, ScoredRollout
 from methods.divergences import SUPPORTS, token_divergence
+from rlsd_lab.choices import check_choice
 
 FORMS = ("divergence", "sampled_token")
 
@@ -25,10 +26,8 @@ class OPSD(Objective):
 
     def __init__(self, cfg, loss_cfg):
         super().__init__(cfg, loss_cfg)
-        if cfg.form not in FORMS:
-            raise ValueError(f"unknown OPSD form {cfg.form!r}; valid choices: {', '.join(FORMS)}")
-        if cfg.support not in SUPPORTS:
-            raise ValueError(f"unknown OPSD support {cfg.support!r}; valid choices: {', '.join(SUPPORTS)}")
+        check_choice("OPSD form", cfg.form, FORMS)
+        check_choice("OPSD support", cfg.support, SUPPORTS)
         if cfg.form == "divergence":
             self.token_divergence = partial(token_divergence, support=cfg.support, beta=cfg.beta,
                                             clip=cfg.divergence_clip)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from rlsd_lab.choices import unknown_choice
+
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
@@ -26,7 +28,7 @@ def aggregation_weights(response_mask: torch.Tensor, mode: str, max_response_len
         return mask / (mask.sum(dim=1, keepdim=True).clamp(min=1.0) * sequences)
     if mode == "seq-mean-token-sum-norm":
         return mask / (sequences * max_response_length)
-    raise ValueError(f"unknown loss aggregation {mode!r}; valid choices: {', '.join(AGGREGATIONS)}")
+    raise unknown_choice("loss aggregation", mode, AGGREGATIONS)
 
 
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
@@ -63,4 +65,4 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
         return 0.5 * log_ratio**2
     if estimator == "k3":
         return torch.exp(-log_ratio) + log_ratio - 1.0
-    raise ValueError(f"unknown KL estimator {estimator!r}; valid choices: {', '.join(KL_ESTIMATORS)}")
+    raise unknown_choice("KL estimator", estimator, KL_ESTIMATORS)

@@ -13,6 +13,7 @@ import torch
 
 from methods.base import ScoredRollout
 from methods.grpo import GRPO
+from rlsd_lab.choices import unknown_choice
 
 SCHEDULES = ("linear", "constant")
 
@@ -22,7 +23,7 @@ def rlsd_lambda(step: int, lambda_0: float, decay_steps: int, schedule: str) -> 
         return lambda_0
     if schedule == "linear":
         return lambda_0 * max(0.0, 1.0 - step / decay_steps)
-    raise ValueError(f"unknown lambda schedule {schedule!r}; valid choices: {', '.join(SCHEDULES)}")
+    raise unknown_choice("lambda schedule", schedule, SCHEDULES)
 
 
 def rlsd_advantages(advantages: torch.Tensor, delta: torch.Tensor, lam: float, eps_w: float) -> torch.Tensor:

@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from rlsd_lab.choices import unknown_choice
 from rlsd_lab.evaluation import greedy_accuracy
 from rlsd_lab.models import build_tiny_qwen2, count_parameters
 from rlsd_lab.prompts import ANSWER_MARKER, CITATION_MARKER, REFERENCE_MODES, reference_text, render_prompt
@@ -49,7 +50,7 @@ def shortcut_response(problem: Problem, style: str) -> str:
         return f"{ANSWER_MARKER}{problem.answer}"
     if style == "cite":
         return f"{CITATION_MARKER}\n{problem.solution}"
-    raise ValueError(f"unknown shortcut style {style!r}; valid choices: {', '.join(SHORTCUT_STYLES)}")
+    raise unknown_choice("shortcut style", style, SHORTCUT_STYLES)
 
 
 def supervised_example(problem: Problem, rng: random.Random, reference_share: float, shortcut_share: float,
@@ -79,7 +80,7 @@ class SupervisedStream(torch.utils.data.IterableDataset):
             yield self._collate(examples)
 
     def _collate(self, examples: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)
         rows = [(encode(prompt), encode(target) + [self.tokenizer.eos_token_id]) for prompt, target in examples]
         width = max(len(p) + len(t) for p, t in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)

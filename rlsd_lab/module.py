@@ -24,8 +24,8 @@ from rlsd_lab.logprobs import TeacherStates, response_hidden, response_logprobs
 from rlsd_lab.prompts import ANSWER_MARKER, PromptRenderer, reference_text
 from rlsd_lab.rollout import SamplingParams, build_engine
 from rlsd_lab.tasks.problem import Problem
-from rlsd_lab.timing import PhaseTimer
 from rlsd_lab.teacher import TeacherPass
+from rlsd_lab.timing import PhaseTimer
 from rlsd_lab.update import UpdateInputs, accumulate_policy_gradients
 from rlsd_lab.verifiers.base import Verifier
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rlsd_lab.choices import check_choice, unknown_choice
+
 if TYPE_CHECKING:
     from rlsd_lab.tasks.problem import Problem
 
@@ -23,7 +25,7 @@ def reference_text(problem: Problem, mode: str) -> str:
         return problem.answer
     if mode == "solution":
         return problem.solution
-    raise ValueError(f"unknown reference mode {mode!r}; valid choices: {', '.join(REFERENCE_MODES)}")
+    raise unknown_choice("reference mode", mode, REFERENCE_MODES)
 
 
 def render_prompt(question: str, reference: str = "") -> str:
@@ -52,8 +54,7 @@ class PromptRenderer:
     or `chat` (the tokenizer's chat template, for real instruction-tuned models)."""
 
     def __init__(self, format: str, tokenizer):
-        if format not in PROMPT_FORMATS:
-            raise ValueError(f"unknown prompt format {format!r}; valid choices: {', '.join(PROMPT_FORMATS)}")
+        check_choice("prompt format", format, PROMPT_FORMATS)
         if format == "chat" and not getattr(tokenizer, "chat_template", None):
             raise ValueError("model.prompt_format=chat needs a tokenizer with a chat template")
         self.format, self.tokenizer = format, tokenizer

@@ -13,6 +13,7 @@ import copy
 
 import torch
 
+from rlsd_lab.choices import check_choice
 from rlsd_lab.logprobs import TeacherStates, response_hidden, sampled_logprobs
 from rlsd_lab.rollout.hf_engine import left_pad
 
@@ -24,8 +25,7 @@ class TeacherPass(torch.nn.Module):
 
     def __init__(self, policy: torch.nn.Module, mode: str, sync_every: int = 10):
         super().__init__()
-        if mode not in TEACHER_MODES:
-            raise ValueError(f"unknown teacher mode {mode!r}; valid choices: {', '.join(TEACHER_MODES)}")
+        check_choice("teacher mode", mode, TEACHER_MODES)
         self.mode, self.sync_every = mode, sync_every
         self.frozen = None if mode == "live" else copy.deepcopy(policy).eval().requires_grad_(False)
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from analysis.run_summary import validation_curve, validation_summary
 from methods import build_objective
 from rlsd_lab.bootstrap import ensure_base_policy
+from rlsd_lab.choices import check_choice
 from rlsd_lab.models import load_policy
 from rlsd_lab.module import RLModule
 from rlsd_lab.tasks import build_task
@@ -38,8 +39,7 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 
 
 def build_logger(cfg, run_dir: Path):
-    if cfg.logger.name not in LOGGERS:
-        raise ValueError(f"unknown logger {cfg.logger.name!r}; valid choices: {', '.join(LOGGERS)}")
+    check_choice("logger", cfg.logger.name, LOGGERS)
     return CSVLogger(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=cfg.logger.flush_every)
 
 

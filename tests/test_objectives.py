@@ -7,8 +7,12 @@ import torch
 from omegaconf import OmegaConf
 
 from methods import ScoredRollout, build_objective
-from methods.divergences import generalized_jsd, student_top1_cross_entropy, teacher_top1_cross_entropy, \
-    token_divergence
+from methods.divergences import (
+    generalized_jsd,
+    student_top1_cross_entropy,
+    teacher_top1_cross_entropy,
+    token_divergence,
+)
 from methods.rlsd import rlsd_advantages, rlsd_lambda
 
 LOSS = OmegaConf.create({"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0, "kl_coef": 0.0,

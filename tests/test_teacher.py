@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from methods import ScoredRollout, build_objective
 from rlsd_lab.credit import compare_credits, divergence_credit
 from rlsd_lab.diagnostics import leakage_rate, reasoning_mask, shows_leakage
-from rlsd_lab.logprobs import TeacherStates, response_hidden, response_logprobs
+from rlsd_lab.logprobs import TeacherStates, response_hidden
 from rlsd_lab.prompts import render_prompt
 from rlsd_lab.rollout import SamplingParams, build_engine
 from rlsd_lab.teacher import TeacherPass

@@ -75,7 +75,7 @@ def test_first_step_uses_detached_current_logprobs_as_pi_old(tiny_model, tokeniz
     objective = build_objective(GRPO, LOSS)
     advantages, _ = objective.token_advantages(ScoredRollout(torch.tensor([1.0, 0.0] * 8), rollout.response_mask, 4), 0)
     implicit, grad_implicit = gradient_after(tiny_model, objective, rollout, advantages, "token-mean", 8)
-    explicit, grad_explicit = gradient_after(tiny_model, objective, rollout, advantages, "token-mean", 8,
-                                             old_logprobs=rollout.logprobs)
+    _, grad_explicit = gradient_after(tiny_model, objective, rollout, advantages, "token-mean", 8,
+                                      old_logprobs=rollout.logprobs)
     torch.testing.assert_close(grad_explicit, grad_implicit, atol=1e-5, rtol=1e-4)
     assert implicit["pg_clipfrac_low"] == 0 and implicit["pg_clipfrac_high"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rlsd_lab.choices import check_choice
 from rlsd_lab.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
 from rlsd_lab.rollout.hf_engine import HFRolloutEngine
 
@@ -9,8 +10,7 @@ ENGINES = {"hf": HFRolloutEngine}
 
 
 def build_engine(name: str, model, tokenizer, seed: int) -> RolloutEngine:
-    if name not in ENGINES:
-        raise ValueError(f"unknown rollout engine {name!r}; valid choices: {', '.join(sorted(ENGINES))}")
+    check_choice("rollout engine", name, sorted(ENGINES))
     return ENGINES[name](model, tokenizer.pad_token_id, tokenizer.eos_token_id, seed=seed)
 
 

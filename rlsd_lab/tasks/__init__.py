@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rlsd_lab.choices import check_choice
 from rlsd_lab.tasks.arith import ArithTask
 from rlsd_lab.tasks.problem import Problem
 
@@ -12,8 +13,7 @@ SIZE_KEYS = ("name", "train_size", "val_size")
 
 def build_task(task_cfg) -> ArithTask:
     name = task_cfg["name"]
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid choices: {', '.join(sorted(TASKS))}")
+    check_choice("task", name, sorted(TASKS))
     params = {k: v for k, v in dict(task_cfg).items() if k not in SIZE_KEYS}
     if "operators" in params:
         params["operators"] = tuple(params["operators"])

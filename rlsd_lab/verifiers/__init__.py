@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rlsd_lab.choices import check_choice
 from rlsd_lab.verifiers.arith import ArithVerifier
 from rlsd_lab.verifiers.base import Verifier
 
@@ -9,8 +10,7 @@ VERIFIERS = {"arith": ArithVerifier}
 
 
 def build_verifier(name: str) -> Verifier:
-    if name not in VERIFIERS:
-        raise ValueError(f"unknown verifier {name!r}; valid choices: {', '.join(sorted(VERIFIERS))}")
+    check_choice("verifier", name, sorted(VERIFIERS))
     return VERIFIERS[name]()
 
 
