@@ -135,7 +135,7 @@ class RLModule(L.LightningModule):
         if self.objective.uses_teacher or diagnose:
             with timer.phase("teacher"):
                 scored.teacher_logprobs, teacher_states = self._teacher_pass(
-                    rollout, rows, step, keep_hidden=self.objective.token_divergence is not None or diagnose)
+                    rollout, problems, step, keep_hidden=self.objective.token_divergence is not None or diagnose)
             inputs.delta = scored.delta if self.objective.uses_teacher else None
             inputs.teacher = teacher_states if self.objective.uses_teacher else None
         inputs.advantages, advantage_metrics = self.objective.token_advantages(scored, step)
@@ -163,12 +163,12 @@ class RLModule(L.LightningModule):
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _teacher_pass(self, rollout, rows: list[Problem], step: int, keep_hidden: bool):
+    def _teacher_pass(self, rollout, problems: list[Problem], step: int, keep_hidden: bool):
         """Teacher log-probs (and hidden states) of the sampled responses under the privileged prompt."""
         mode = self.cfg.method.teacher.reference if self.objective.uses_teacher else self.cfg.diagnostics.reference
-        teacher_prompts = [self.prompts.ids(p.question, reference_text(p, mode)) for p in rows]
+        teacher_prompts = [self.prompts.ids(p.question, reference_text(p, mode)) for p in problems]
         return self.teacher.run(self.teacher.weights(self.model, step), teacher_prompts, rollout.response_ids,
-                                self.tokenizer.pad_token_id, self.cfg.rollout.temperature,
+                                self.cfg.rollout.group_size, self.tokenizer.pad_token_id, self.cfg.rollout.temperature,
                                 self.cfg.train.logprob_chunk_size, keep_hidden)
 
     def _leakage_rate(self, texts: list[str]) -> float:

@@ -2,7 +2,7 @@
 
 Same weights as the student (methods.md), in one of three modes: `live` (the weights that generated the batch;
 no extra memory), `periodic` (a frozen copy re-synced from the policy every `sync_every` steps; paper: 10) or
-`fixed` (the initial weights). It runs once per rollout batch without gradients; when a full-vocabulary
+`fixed` (the initial weights). It runs once per rollout batch without gradients, encoding each teacher prompt once per group; when a full-vocabulary
 divergence is needed it also keeps the teacher's last hidden states [B, T, H] (not B x T x V): the loss
 projects them chunk by chunk.
 """
@@ -14,8 +14,9 @@ import copy
 import torch
 
 from rlsd_lab.choices import check_choice
-from rlsd_lab.logprobs import TeacherStates, response_hidden, sampled_logprobs
+from rlsd_lab.logprobs import TeacherStates, position_ids_from_mask, sampled_logprobs
 from rlsd_lab.rollout.hf_engine import left_pad
+from rlsd_lab.rollout.kv_cache import sampling_cache
 
 TEACHER_MODES = ("live", "periodic", "fixed")
 
@@ -39,16 +40,33 @@ class TeacherPass(torch.nn.Module):
 
     @torch.no_grad()
     def run(self, teacher: torch.nn.Module, teacher_prompts: list[list[int]], response_ids: torch.Tensor,
-            pad_id: int, temperature: float, chunk_size: int, keep_hidden: bool):
-        """(teacher log-probs [B, T], TeacherStates or None) for `response_ids` after each teacher prompt."""
-        prompt_ids, prompt_mask = left_pad(teacher_prompts, pad_id)
+            group_size: int, pad_id: int, temperature: float, chunk_size: int, keep_hidden: bool):
+        """(teacher log-probs [B, T], TeacherStates or None) for `response_ids` after their teacher prompts.
+
+        `teacher_prompts` holds one prompt per group: rows of `response_ids` come `group_size` at a time per
+        prompt. Each teacher prompt is encoded once and its KV cache repeated for its group, then one pass over
+        the responses continues from it.
+        """
         device = response_ids.device
-        input_ids = torch.cat([prompt_ids.to(device), response_ids], dim=1)
-        attention = torch.cat([prompt_mask.to(device), torch.ones_like(response_ids)], dim=1)
-        length = response_ids.shape[1]
+        prompt_ids, prompt_mask = (t.to(device) for t in left_pad(teacher_prompts, pad_id))
+        rows, length = response_ids.shape
         was_training = teacher.training
         teacher.eval()
-        hidden = response_hidden(teacher, input_ids, attention, length)
+        decoder = teacher.get_decoder()
+        cache = sampling_cache(teacher.config, prompt_ids.shape[1] + length, group_size)
+        positions = position_ids_from_mask(prompt_mask)
+        last_prompt_state = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                                    past_key_values=cache, use_cache=True).last_hidden_state[:, -1:]
+        hidden = [last_prompt_state.repeat_interleave(group_size, dim=0)]  # predicts the first response token
+        if length > 1:
+            attention = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0),
+                                   torch.ones_like(response_ids[:, :-1])], dim=1)
+            response_positions = (positions[:, -1:].repeat_interleave(group_size, dim=0) + 1
+                                  + torch.arange(length - 1, device=device))
+            hidden.append(decoder(input_ids=response_ids[:, :-1], attention_mask=attention,
+                                  position_ids=response_positions, past_key_values=cache,
+                                  use_cache=True).last_hidden_state)
+        hidden = torch.cat(hidden, dim=1)
         head = teacher.get_output_embeddings()
         logprobs = sampled_logprobs(head, hidden, response_ids, temperature, chunk_size)
         teacher.train(was_training)

@@ -9,9 +9,10 @@ from omegaconf import OmegaConf
 from methods import ScoredRollout, build_objective
 from rlsd_lab.credit import compare_credits, divergence_credit
 from rlsd_lab.diagnostics import leakage_rate, reasoning_mask, shows_leakage
-from rlsd_lab.logprobs import TeacherStates, response_hidden
+from rlsd_lab.logprobs import TeacherStates, response_hidden, response_logprobs
 from rlsd_lab.prompts import render_prompt
 from rlsd_lab.rollout import SamplingParams, build_engine
+from rlsd_lab.rollout.hf_engine import left_pad
 from rlsd_lab.teacher import TeacherPass
 from rlsd_lab.update import UpdateInputs, accumulate_policy_gradients
 from tests.test_objectives import LOSS, hybrid_cfg, opsd_cfg, rlsd_cfg
@@ -25,9 +26,8 @@ def rollout_for(model, tokenizer, n=4, tokens=10, seed=0):
 
 
 def teacher_logprobs(model, tokenizer, rollout, references, keep_hidden=False, n=4):
-    prompts = [tokenizer.encode(render_prompt(q, r), add_special_tokens=False)
-               for q, r in zip(QUESTIONS, references) for _ in range(n)]
-    return TeacherPass(model, "live").run(model, prompts, rollout.response_ids, tokenizer.pad_token_id, 1.0, 4,
+    prompts = [tokenizer.encode(render_prompt(q, r), add_special_tokens=False) for q, r in zip(QUESTIONS, references)]
+    return TeacherPass(model, "live").run(model, prompts, rollout.response_ids, n, tokenizer.pad_token_id, 1.0, 4,
                                           keep_hidden)
 
 
@@ -38,6 +38,20 @@ def test_empty_reference_gives_zero_gain_on_every_token(tiny_model, tokenizer):
     assert delta.abs().max() < 1e-5
     with_reference, _ = teacher_logprobs(tiny_model, tokenizer, rollout, ["46", "11", "579"])
     assert ((with_reference - rollout.logprobs) * rollout.response_mask).abs().max() > 1e-3
+
+
+def test_grouped_teacher_pass_equals_a_plain_forward_pass(tiny_model, tokenizer):
+    rollout = rollout_for(tiny_model, tokenizer)
+    references = ["46", "11", "579"]
+    grouped, _ = teacher_logprobs(tiny_model, tokenizer, rollout, references)
+    rows = [tokenizer.encode(render_prompt(q, r), add_special_tokens=False) for q, r in zip(QUESTIONS, references)
+            for _ in range(4)]
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain = response_logprobs(tiny_model, torch.cat([ids, rollout.response_ids], 1),
+                                  torch.cat([mask, torch.ones_like(rollout.response_ids)], 1),
+                                  rollout.response_ids.shape[1]).logprobs
+    torch.testing.assert_close(grouped * rollout.response_mask, plain * rollout.response_mask, atol=2e-5, rtol=1e-4)
 
 
 def test_teacher_pass_builds_no_autograd_graph(tiny_model, tokenizer):
