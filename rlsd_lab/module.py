@@ -184,15 +184,17 @@ class RLModule(L.LightningModule):
         metrics = {"train/teacher_student_kl": teacher_student_kl(
             student_states, teacher_states, rollout.response_mask, self.cfg.rollout.temperature,
             self.cfg.train.logprob_chunk_size)}
-        sample = torch.arange(min(self.cfg.diagnostics.credit_samples, len(rows)))
-        if len(sample) and self.objective.uses_teacher:
-            self._export_credit(rollout, scored, student_states, teacher_states, rows, sample, step)
+        if self.cfg.diagnostics.credit_samples:
+            self._export_credit(rollout, scored, student_states, teacher_states, rows, step)
         return metrics
 
-    def _export_credit(self, rollout, scored, student_states, teacher_states, rows, sample, step) -> None:
+    def _export_credit(self, rollout, scored, student_states, teacher_states, rows, step) -> None:
+        """Writes the credit of a few responses, preferring those with A != 0 (the others get no credit)."""
         credit = objective_credit(self.objective, scored, step, student_states, teacher_states,
                                   rollout.response_ids, self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size)
         sequence_advantages = group_advantages(scored.rewards, scored.group_size)
+        order = torch.argsort((sequence_advantages == 0).int(), stable=True)
+        sample = order[:self.cfg.diagnostics.credit_samples].tolist()
         lengths = rollout.response_lengths().long()
         tokens = [self.tokenizer.convert_ids_to_tokens(rollout.response_ids[i, :lengths[i]].tolist()) for i in sample]
         write_credit_records(self.run_dir / "token_credit.jsonl", step, self.objective.name,
