@@ -4,8 +4,9 @@ Each (method, round) trains `--steps` RL steps in a fresh subprocess (so allocat
 high-water mark start clean), rounds alternate the methods, and the medians over rounds are compared.
 Step time = rollout + verify + teacher + update (+ old/reference log-probs) per step, the first step dropped;
 validation and diagnostics are switched off. Peak memory = the process's peak RSS minus its RSS just before
-training (CPU), or torch.cuda.max_memory_allocated (GPU). The model is the embedded architecture, randomly
-initialised: with the same seed every method starts from the same rollouts, most of them `--tokens` long.
+training (CPU), or torch.cuda.max_memory_allocated (GPU). The model is the embedded base policy (built and
+cached first if needed), so rewards, zero-variance groups and response lengths are those of a real run; every
+method starts from the same rollouts (same seed).
 
     python benchmarks/method_cost.py --out bench_results/method_cost.json
 """
@@ -77,9 +78,9 @@ def worker(method: str, steps: int, tokens: int, model_dir: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "method_cost.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -90,29 +91,24 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     import torch
-    from omegaconf import OmegaConf
+    from hydra import compose, initialize_config_dir
 
-    from rlsd_lab.models import build_tiny_qwen2
-    from rlsd_lab.tokenizer import build_char_tokenizer
+    from rlsd_lab.bootstrap import ensure_base_policy
 
-    torch.manual_seed(0)
-    tokenizer = build_char_tokenizer()
-    architecture = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").architecture)
-    model = build_tiny_qwen2(tokenizer, architecture)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config")
+    model_dir = str(ensure_base_policy(cfg.model, cfg.task))
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
-    with tempfile.TemporaryDirectory() as model_dir:
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
-        for round_index in range(args.rounds):
-            for method in args.methods:
-                command = [sys.executable, __file__, "--worker", method, "--model-dir", model_dir,
-                           "--steps", str(args.steps), "--tokens", str(args.tokens)]
-                out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
-                if out.returncode:
-                    raise SystemExit(f"{method} failed:\n{out.stderr[-3000:]}")
-                results[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"round {round_index + 1} {method}: {results[method][-1]}", flush=True)
+    for round_index in range(args.rounds):
+        for method in args.methods:
+            command = [sys.executable, __file__, "--worker", method, "--model-dir", model_dir,
+                       "--steps", str(args.steps), "--tokens", str(args.tokens)]
+            out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if out.returncode:
+                raise SystemExit(f"{method} failed:\n{out.stderr[-3000:]}")
+            results[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"round {round_index + 1} {method}: {results[method][-1]}", flush=True)
     summary = {m: {"step_seconds": statistics.median(r["step_seconds_median"] for r in runs),
                    "peak_bytes_over_baseline": statistics.median(r["peak_bytes_over_baseline"] for r in runs)}
                for m, runs in results.items()}

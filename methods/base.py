@@ -70,6 +70,10 @@ class Objective(ABC):
     def token_advantages(self, rollout: ScoredRollout, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """[B, T] per-token advantage (zero on padding) and metrics about it."""
 
+    def teacher_groups(self, rollout: ScoredRollout) -> torch.Tensor:
+        """[prompts] bool: the groups whose teacher log-probs this objective reads (all, unless it knows better)."""
+        return torch.ones(rollout.rewards.shape[0] // rollout.group_size, dtype=torch.bool)
+
     def token_credit(self, rollout: ScoredRollout, step: int, divergence_credit: torch.Tensor | None) -> torch.Tensor:
         """[B, T] effective per-token advantage (rlsd_lab/credit.py); `divergence_credit` is set for objectives
         with a `token_divergence`."""

@@ -37,6 +37,12 @@ class RLSD(GRPO):
     name = "rlsd"
     uses_teacher = True
 
+    def teacher_groups(self, rollout: ScoredRollout) -> torch.Tensor:
+        """Only groups with A != 0 (A < 0 with `negative_only`) use Delta: the teacher pass skips the others."""
+        advantages = self.sequence_advantages(rollout).view(-1, rollout.group_size)
+        used = advantages < 0 if self.cfg.negative_only else advantages != 0
+        return used.any(dim=1)
+
     def token_advantages(self, rollout: ScoredRollout, step: int):
         cfg = self.cfg
         base, grpo_metrics = super().token_advantages(rollout, step)
@@ -57,7 +63,9 @@ class RLSD(GRPO):
         informative = mask & (sequence_advantages != 0)[:, None]
         w = torch.exp(torch.sign(sequence_advantages)[:, None] * delta)
         count = max(int(informative.sum()), 1)
-        positive, negative = mask & (sequence_advantages > 0)[:, None], mask & (sequence_advantages < 0)[:, None]
+        # With negative_only the teacher pass skips A > 0 groups, so their Delta is not measured.
+        positive = mask & (sequence_advantages > 0)[:, None] & (not self.cfg.negative_only)
+        negative = mask & (sequence_advantages < 0)[:, None]
         return {
             "rlsd_lambda": lam,
             "rlsd_w_clipfrac_low": float((w[informative] < 1 - self.cfg.eps_w).sum()) / count,

@@ -133,9 +133,14 @@ class RLModule(L.LightningModule):
         diagnose = step % self.cfg.diagnostics.every == 0
         teacher_states = None
         if self.objective.uses_teacher or diagnose:
+            # Diagnostics need every group; otherwise only the groups whose Delta the objective will read.
+            groups = (torch.ones(len(problems), dtype=torch.bool) if diagnose
+                      else self.objective.teacher_groups(scored).cpu())
             with timer.phase("teacher"):
                 scored.teacher_logprobs, teacher_states = self._teacher_pass(
-                    rollout, problems, step, keep_hidden=self.objective.token_divergence is not None or diagnose)
+                    rollout, problems, groups, step,
+                    keep_hidden=self.objective.token_divergence is not None or diagnose)
+            advantage_metrics_extra = {"train/teacher_groups_fraction": float(groups.float().mean())}
             inputs.delta = scored.delta if self.objective.uses_teacher else None
             inputs.teacher = teacher_states if self.objective.uses_teacher else None
         inputs.advantages, advantage_metrics = self.objective.token_advantages(scored, step)
@@ -144,6 +149,8 @@ class RLModule(L.LightningModule):
         self.rollout_step += 1
 
         metrics = {**update_metrics, **{f"train/{k}": v for k, v in advantage_metrics.items()}}
+        if self.objective.uses_teacher or diagnose:
+            metrics.update(advantage_metrics_extra)
         metrics.update(self._rollout_metrics(rollout, rewards, timer))
         metrics.update(reason_shares([info["reason"] for _, info in scores]))
         metrics["train/leakage_rate"] = self._leakage_rate(texts)

@@ -87,6 +87,13 @@ def test_rlsd_negative_only_and_reasoning_only_leave_other_tokens_at_A():
     assert not torch.equal(only[reasoning == 1], a[reasoning == 1])
 
 
+def test_rlsd_asks_the_teacher_only_for_groups_it_reweights():
+    rollout = scored([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], torch.zeros(6, 2))
+    assert build_objective(rlsd_cfg(), LOSS).teacher_groups(rollout).tolist() == [True, False, False]
+    grpo = build_objective(OmegaConf.create({"name": "grpo", "scale_by_std": True}), LOSS)
+    assert grpo.teacher_groups(rollout).tolist() == [True, True, True]
+
+
 def test_rlsd_gives_no_signal_when_a_group_agrees():
     out = build_objective(rlsd_cfg(), LOSS).token_advantages(scored([1.0, 1.0], torch.randn(2, 4)), 0)[0]
     assert torch.equal(out, torch.zeros(2, 4))
