@@ -170,13 +170,26 @@ class RLModule(L.LightningModule):
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _teacher_pass(self, rollout, problems: list[Problem], step: int, keep_hidden: bool):
-        """Teacher log-probs (and hidden states) of the sampled responses under the privileged prompt."""
+    def _teacher_pass(self, rollout, problems: list[Problem], groups: torch.Tensor, step: int, keep_hidden: bool):
+        """Teacher log-probs (and hidden states) of the sampled responses under the privileged prompt.
+
+        Only the selected `groups` [prompts] are run; the other rows get the student's log-probs (Delta = 0).
+        """
         mode = self.cfg.method.teacher.reference if self.objective.uses_teacher else self.cfg.diagnostics.reference
-        teacher_prompts = [self.prompts.ids(p.question, reference_text(p, mode)) for p in problems]
-        return self.teacher.run(self.teacher.weights(self.model, step), teacher_prompts, rollout.response_ids,
-                                self.cfg.rollout.group_size, self.tokenizer.pad_token_id, self.cfg.rollout.temperature,
-                                self.cfg.train.logprob_chunk_size, keep_hidden)
+        group_size = self.cfg.rollout.group_size
+        rows = groups.repeat_interleave(group_size).to(rollout.response_ids.device)
+        teacher = self.teacher.weights(self.model, step)  # always called: a periodic copy re-syncs on schedule
+        logprobs = rollout.logprobs.clone()
+        if not bool(groups.any()):
+            return logprobs, None
+        teacher_prompts = [self.prompts.ids(p.question, reference_text(p, mode))
+                           for p, keep in zip(problems, groups.tolist()) if keep]
+        selected, states = self.teacher.run(teacher, teacher_prompts,
+                                            rollout.response_ids[rows], group_size, self.tokenizer.pad_token_id,
+                                            self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size,
+                                            keep_hidden)
+        logprobs[rows] = selected
+        return logprobs, states
 
     def _leakage_rate(self, texts: list[str]) -> float:
         cfg = self.cfg.diagnostics
