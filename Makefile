@@ -27,6 +27,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/rollout_speed.py --out bench_results/rollout_speed.json
+	$(PY) benchmarks/method_cost.py --out bench_results/method_cost.json
 
 clean:
 	rm -rf runs multirun outputs bench_results

@@ -116,9 +116,13 @@ def main() -> None:
     result = {"benchmark": "method_cost", "steps": args.steps, "rounds": args.rounds, "tokens": args.tokens,
               "device": "cuda" if torch.cuda.is_available() else "cpu", "per_method": summary, "runs": results}
     if grpo:
-        result["ratio_to_grpo"] = {m: {"step_time": s["step_seconds"] / grpo["step_seconds"],
-                                       "peak_memory": s["peak_bytes_over_baseline"] / grpo["peak_bytes_over_baseline"]}
-                                   for m, s in summary.items()}
+        # Paired per round (each method ran right after GRPO's run of the same round), then the median.
+        def paired(method: str, key: str) -> dict:
+            ratios = [m[key] / g[key] for m, g in zip(results[method], results["grpo"])]
+            return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+        result["ratio_to_grpo"] = {m: {"step_time": paired(m, "step_seconds_median"),
+                                       "peak_memory": paired(m, "peak_bytes_over_baseline")} for m in results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result.get("ratio_to_grpo", summary), indent=2))
