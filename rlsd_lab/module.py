@@ -75,7 +75,6 @@ class RLModule(L.LightningModule):
         self.teacher = TeacherPass(model, teacher_cfg["mode"], teacher_cfg["sync_every"])
         self.run_dir = Path(run_dir)
         self.rollout_step = 0
-        self.last_validation: dict[str, float] = {}
 
     @property
     def optimizer_steps_per_rollout(self) -> int:
@@ -94,8 +93,7 @@ class RLModule(L.LightningModule):
         result = greedy_accuracy(self.engine, self.tokenizer, self.verifier, self.val_problems,
                                  self.cfg.rollout.max_new_tokens, batch_size=self.cfg.train.val_batch_size,
                                  prompts=self.prompts)
-        self.last_validation = {f"val/{k}": v for k, v in result.items()}
-        return self.last_validation
+        return {f"val/{k}": v for k, v in result.items()}
 
     def on_train_start(self):
         if self.rollout_step == 0:
@@ -131,7 +129,7 @@ class RLModule(L.LightningModule):
                                reasoning_mask=reasoning_mask(rollout.response_ids, rollout.response_mask,
                                                              self.encode(ANSWER_MARKER)))
         diagnose = step % self.cfg.diagnostics.every == 0
-        teacher_states = None
+        teacher_states, teacher_metrics = None, {}
         if self.objective.uses_teacher or diagnose:
             # Diagnostics need every group; otherwise only the groups whose Delta the objective will read.
             groups = (torch.ones(len(problems), dtype=torch.bool) if diagnose
@@ -140,7 +138,7 @@ class RLModule(L.LightningModule):
                 scored.teacher_logprobs, teacher_states = self._teacher_pass(
                     rollout, problems, groups, step,
                     keep_hidden=self.objective.token_divergence is not None or diagnose)
-            advantage_metrics_extra = {"train/teacher_groups_fraction": float(groups.float().mean())}
+            teacher_metrics = {"train/teacher_groups_fraction": float(groups.float().mean())}
             inputs.delta = scored.delta if self.objective.uses_teacher else None
             inputs.teacher = teacher_states if self.objective.uses_teacher else None
         inputs.advantages, advantage_metrics = self.objective.token_advantages(scored, step)
@@ -148,15 +146,13 @@ class RLModule(L.LightningModule):
             update_metrics = self._update(rollout, inputs, measure_terms=diagnose)
         self.rollout_step += 1
 
-        metrics = {**update_metrics, **{f"train/{k}": v for k, v in advantage_metrics.items()}}
-        if self.objective.uses_teacher or diagnose:
-            metrics.update(advantage_metrics_extra)
+        metrics = {**update_metrics, **teacher_metrics, **{f"train/{k}": v for k, v in advantage_metrics.items()}}
         metrics.update(self._rollout_metrics(rollout, rewards, timer))
         metrics.update(reason_shares([info["reason"] for _, info in scores]))
         metrics["train/leakage_rate"] = self._leakage_rate(texts)
         if diagnose:
             with timer.phase("diagnostics"):
-                metrics.update(self._diagnostics(rollout, scored, teacher_states, rows, texts, step))
+                metrics.update(self._diagnostics(rollout, scored, teacher_states, rows, step))
         if self.rollout_step % self.cfg.train.val_every == 0 or self.rollout_step == self.cfg.trainer.max_steps:
             with timer.phase("validation"):
                 metrics.update(self.validate_policy())
@@ -196,7 +192,7 @@ class RLModule(L.LightningModule):
         return leakage_rate(texts, list(cfg.leakage_phrases), ANSWER_MARKER, cfg.answer_first)
 
     @torch.no_grad()
-    def _diagnostics(self, rollout, scored: ScoredRollout, teacher_states, rows, texts, step) -> dict[str, float]:
+    def _diagnostics(self, rollout, scored: ScoredRollout, teacher_states, rows, step) -> dict[str, float]:
         """On-policy teacher-student KL and a token-credit export, every `diagnostics.every` steps."""
         length = rollout.response_ids.shape[1]
         student_hidden = response_hidden(self.model, rollout.input_ids, rollout.attention_mask, length)
