@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.runs import find_run_dirs
+
 
 def validation_curve(metrics_csv: Path) -> pd.Series:
     """val/accuracy indexed by step (rows without a validation are dropped)."""
@@ -29,19 +31,12 @@ def validation_summary(metrics_csv: Path) -> dict:
             "val_accuracy_best": float(curve.max()), "final_step": int(curve.index[-1])}
 
 
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Run directories (those holding summary.json) at or below the given paths."""
-    runs = []
-    for path in paths:
-        runs += sorted(p.parent for p in Path(path).rglob("summary.json"))
-    return runs
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path)
     args = parser.parse_args(argv)
-    rows = [json.loads((run / "summary.json").read_text()) | {"run": str(run)} for run in find_runs(args.paths)]
+    rows = [json.loads((run / "summary.json").read_text()) | {"run": str(run)} for run in find_run_dirs(args.paths)
+            if (run / "summary.json").exists()]
     if not rows:
         raise SystemExit(f"no runs (directories with summary.json) under {', '.join(map(str, args.paths))}")
     table = pd.DataFrame(rows)[["method", "seed", "steps", "val_accuracy_start", "val_accuracy_final",

@@ -1,0 +1,61 @@
+"""Loading run directories into one tidy DataFrame: one row per (run, step, metric).
+
+A run directory holds `metrics.csv` and `config_resolved.yaml` (rlsd_lab/train.py); anything with a
+`metrics.csv` below the given paths counts, so a Hydra multirun directory can be passed whole. Runs that stopped
+early, runs with different metric sets and single-seed methods all load; missing values are simply absent rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+def find_run_dirs(paths: list[Path | str]) -> list[Path]:
+    runs: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "metrics.csv").exists():
+            runs.append(path)
+        else:
+            runs += sorted(p.parent for p in path.rglob("metrics.csv"))
+    return sorted(set(runs))
+
+
+# Overrides that do not change what is being compared (they are the repetition, or bookkeeping).
+NOT_VARIANT = ("seed=", "hydra.", "trainer.progress_bar=", "experiment=", "model.path=")
+
+
+def run_labels(run_dir: Path) -> dict:
+    """run, method, seed and `variant`: the method plus the command-line overrides that define the arm
+    (e.g. `opsd method.support=teacher_top1`), read from the run's resolved config and Hydra overrides."""
+    config_file = run_dir / "config_resolved.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
+    method = (config.get("method") or {}).get("name", run_dir.name)
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+    arm = [o for o in overrides or [] if not o.startswith(NOT_VARIANT) and not o.startswith("method=")]
+    return {"run": str(run_dir), "method": method, "seed": config.get("seed", 0),
+            "variant": " ".join([method, *arm])}
+
+
+def load_runs(paths: list[Path | str]) -> pd.DataFrame:
+    """Tidy frame with columns run, method, seed, variant, step, metric, value (NaNs dropped)."""
+    frames = []
+    for run_dir in find_run_dirs(paths):
+        wide = pd.read_csv(run_dir / "metrics.csv")
+        if "step" not in wide:
+            raise ValueError(f"{run_dir / 'metrics.csv'} has no 'step' column")
+        tidy = wide.melt(id_vars="step", var_name="metric", value_name="value").dropna(subset=["value"])
+        frames.append(tidy.assign(**run_labels(run_dir)))
+    if not frames:
+        raise FileNotFoundError(f"no run directories (with metrics.csv) under {', '.join(map(str, paths))}")
+    columns = ["run", "method", "seed", "variant", "step", "metric", "value"]
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def metric_curves(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Wide frame: index step, one column per run, for one metric (the last value logged at each step)."""
+    subset = runs[runs["metric"] == metric]
+    return subset.pivot_table(index="step", columns="run", values="value", aggfunc="last")

@@ -1,0 +1,82 @@
+"""Stability curves: validation accuracy vs step per method (mean over seeds with a band), plus panels for
+response length, entropy, leakage rate and teacher-student divergence when the runs logged them.
+
+    python -m analysis.stability <run dirs or a multirun dir> --out figures/
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.runs import load_runs  # noqa: E402
+
+PANELS = (("val/accuracy", "Validation accuracy (greedy)"),
+          ("train/response_length", "Response length (tokens)"),
+          ("train/entropy", "Entropy (nats / token)"),
+          ("train/leakage_rate", "Leakage rate"),
+          ("train/teacher_student_kl", "Teacher-student KL"))
+SMOOTHING = 5  # steps of rolling mean on per-step training metrics (validation is plotted as logged)
+
+
+def seed_statistics(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per variant and step: mean, min, max and number of seeds (runs of different lengths are fine)."""
+    subset = runs[runs["metric"] == metric].sort_values("step")
+    if metric.startswith("train/"):
+        subset = subset.assign(value=subset.groupby("run")["value"].transform(
+            lambda v: v.rolling(SMOOTHING, min_periods=1).mean()))
+    grouped = subset.groupby(["variant", "step"])["value"]
+    return grouped.agg(["mean", "min", "max", "count"]).reset_index()
+
+
+def stability_figure(runs: pd.DataFrame, out_dir: Path, name: str = "stability") -> list[Path]:
+    """Writes <name>.png and <name>.pdf; returns their paths."""
+    panels = [(m, title) for m, title in PANELS if (runs["metric"] == m).any()]
+    if not panels:
+        raise ValueError(f"none of the metrics {[m for m, _ in PANELS]} is in these runs")
+    columns = min(3, len(panels))
+    rows_of_panels = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(4.6 * columns, 3.6 * rows_of_panels), squeeze=False)
+    axes = axes.flatten()
+    for unused in axes[len(panels):]:
+        unused.set_visible(False)
+    colours = dict(zip(sorted(runs["variant"].unique()), plt.get_cmap("tab10").colors))
+    for ax, (metric, title) in zip(axes, panels):
+        stats = seed_statistics(runs, metric)
+        for variant, rows in stats.groupby("variant"):
+            seeds = int(rows["count"].max())
+            ax.plot(rows["step"], rows["mean"], color=colours[variant], label=f"{variant} (n={seeds})")
+            if seeds > 1:
+                ax.fill_between(rows["step"], rows["min"], rows["max"], color=colours[variant], alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("Training stability: mean over seeds, band = min-max across seeds")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=200)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories, or folders holding them")
+    parser.add_argument("--out", type=Path, default=Path("figures"))
+    args = parser.parse_args(argv)
+    for path in stability_figure(load_runs(args.paths), args.out):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

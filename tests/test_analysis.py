@@ -1,0 +1,94 @@
+"""The analysis functions on small synthetic run directories, and the CLIs."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from analysis.runs import load_runs
+from analysis.stability import seed_statistics, stability_figure
+from analysis.table import mean_ci, results_table, to_latex, to_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_run(root: Path, name: str, method: str, seed: int, accuracy: list[float], extra=None, overrides=()):
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump({"seed": seed, "method": {"name": method}}))
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"method={method}", f"seed={seed}",
+                                                                    *overrides]))
+    rows = [{"step": 10 * i, "val/accuracy": a} for i, a in enumerate(accuracy)]
+    rows += [{"step": 10 * i + 1, **(extra or {})} for i in range(len(accuracy))] if extra else []
+    pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+    return run
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    make_run(tmp_path, "a", "grpo", 1, [0.3, 0.6, 0.9], extra={"train/entropy": 0.2})
+    make_run(tmp_path, "b", "grpo", 2, [0.3, 0.5, 0.7, 0.8])  # longer run, no entropy logged
+    make_run(tmp_path, "c", "rlsd", 1, [0.3, 0.85])  # single seed, stopped early
+    make_run(tmp_path, "d", "opsd", 1, [0.3, 0.1], overrides=["method.support=teacher_top1"])
+    return tmp_path
+
+
+def test_load_runs_is_tidy_and_labels_variants(runs_root):
+    runs = load_runs([runs_root])
+    assert set(runs.columns) == {"run", "method", "seed", "variant", "step", "metric", "value"}
+    assert set(runs["variant"]) == {"grpo", "rlsd", "opsd method.support=teacher_top1"}
+    assert runs["value"].notna().all()
+    assert set(runs[runs["metric"] == "train/entropy"]["method"]) == {"grpo"}
+
+
+def test_seed_statistics_handle_runs_of_different_lengths(runs_root):
+    stats = seed_statistics(load_runs([runs_root]), "val/accuracy")
+    grpo = stats[stats["variant"] == "grpo"].set_index("step")
+    assert grpo.loc[20, "count"] == 2 and grpo.loc[20, "mean"] == pytest.approx(0.8)
+    assert grpo.loc[30, "count"] == 1 and grpo.loc[30, "mean"] == pytest.approx(0.8)
+
+
+def test_results_table_by_hand(runs_root):
+    table = results_table(load_runs([runs_root]), threshold=0.8).set_index("variant")
+    mean, half = table.loc["grpo", "final"]
+    assert mean == pytest.approx(0.85) and half == pytest.approx(12.706 * math.sqrt(0.005) / math.sqrt(2))
+    assert table.loc["grpo", "best"][0] == pytest.approx(0.85)
+    assert table.loc["grpo", "steps_to_threshold"][0] == pytest.approx(25.0)  # 20 and 30
+    assert table.loc["rlsd", "reached"] == "1/1" and math.isnan(table.loc["rlsd", "final"][1])
+    assert table.loc["opsd method.support=teacher_top1", "reached"] == "0/1"
+    markdown = to_markdown(table.reset_index(), 0.8)
+    assert "| grpo | 2 | 0.850 ± " in markdown and "| - | 0/1 |" in markdown
+    latex = to_latex(table.reset_index(), 0.8)
+    assert r"\begin{tabular}" in latex and r"$\pm$" in latex and r"method.support=teacher\_top1" in latex
+
+
+def test_mean_ci():
+    assert mean_ci([1.0])[0] == 1.0 and math.isnan(mean_ci([1.0])[1])
+    assert mean_ci([1.0, 3.0]) == pytest.approx((2.0, 12.706 * math.sqrt(2) / math.sqrt(2)))
+    assert math.isnan(mean_ci([])[0])
+
+
+def test_stability_figure_skips_missing_panels(runs_root, tmp_path):
+    paths = stability_figure(load_runs([runs_root]), tmp_path / "figs")
+    assert all(p.exists() and p.stat().st_size > 10_000 for p in paths)
+    with pytest.raises(ValueError, match="none of the metrics"):
+        stability_figure(pd.DataFrame({"run": ["x"], "method": ["m"], "seed": [1], "variant": ["m"], "step": [0],
+                                       "metric": ["other"], "value": [1.0]}), tmp_path / "figs")
+
+
+def test_no_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run directories"):
+        load_runs([tmp_path])
+
+
+@pytest.mark.parametrize("module", ["analysis.table", "analysis.stability"])
+def test_cli_smoke(runs_root, tmp_path, module):
+    result = subprocess.run([sys.executable, "-m", module, str(runs_root), "--out", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wrote" in result.stdout
+    assert any((tmp_path / "out").iterdir())
