@@ -13,7 +13,11 @@ from pathlib import Path
 import torch
 
 from methods import Objective, ScoredRollout
-from rlsd_lab.logprobs import TeacherStates, vocab_logprobs
+from rlsd_lab.evaluation import decode_responses
+from rlsd_lab.logprobs import TeacherStates, response_hidden, vocab_logprobs
+from rlsd_lab.prompts import PromptRenderer, reference_text
+from rlsd_lab.rollout import SamplingParams, build_engine
+from rlsd_lab.teacher import TeacherPass
 
 
 def divergence_credit(divergence_fn, student: TeacherStates, teacher: TeacherStates, targets: torch.Tensor,
@@ -64,3 +68,25 @@ def write_credit_records(path: Path, step: int, method: str, prompts: list[str],
                 "credit": [round(float(c), 6) for c in credits[row, :len(response_tokens)]],
                 "reward": float(rewards[row]), "advantage": float(advantages[row]),
             }) + "\n")
+
+
+@torch.no_grad()
+def credits_on_fresh_rollouts(model, tokenizer, objectives: dict[str, Objective], problem, verifier,
+                              group_size: int = 8, reference_mode: str = "answer", max_new_tokens: int = 64,
+                              seed: int = 0) -> tuple[torch.Tensor, ScoredRollout, dict[str, torch.Tensor]]:
+    """Samples `group_size` responses to `problem` with `model` and returns (response_ids, scored, credits):
+    every objective's credit on those same responses, with a live teacher shown `reference_mode`."""
+    prompts = PromptRenderer("plain", tokenizer)
+    rollout = build_engine("hf", model, tokenizer, seed).generate(
+        [prompts.ids(problem.question)], SamplingParams(max_new_tokens, n=group_size))
+    rewards = torch.tensor([verifier.score(t, problem)[0] for t in decode_responses(tokenizer, rollout)])
+    teacher_logprobs, teacher = TeacherPass(model, "live").run(
+        model, [prompts.ids(problem.question, reference_text(problem, reference_mode))], rollout.response_ids,
+        group_size, tokenizer.pad_token_id, 1.0, 256, keep_hidden=True)
+    scored = ScoredRollout(rewards, rollout.response_mask, group_size, student_logprobs=rollout.logprobs,
+                           teacher_logprobs=teacher_logprobs)
+    length = rollout.response_ids.shape[1]
+    student = TeacherStates(response_hidden(model, rollout.input_ids, rollout.attention_mask, length),
+                            model.get_output_embeddings())
+    return rollout.response_ids, scored, compare_credits(objectives, scored, 0, student, teacher,
+                                                         rollout.response_ids)

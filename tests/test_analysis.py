@@ -92,3 +92,25 @@ def test_cli_smoke(runs_root, tmp_path, module):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "wrote" in result.stdout
     assert any((tmp_path / "out").iterdir())
+
+
+def test_token_credit_png_and_html(tmp_path):
+    from analysis.token_credit import credit_figure, credit_html
+
+    tokens = ["1", "+", "2", "\n", "A", ":", "3", "<eos>"]
+    credits = {"grpo": [0.5] * 8, "rlsd": [0.4, 0.5, 0.6, 0.5, 0.5, 0.5, 0.55, 0.5], "opsd": [0.0] * 8}
+    png = credit_figure(tokens, credits, "test", tmp_path / "c.png")
+    page = credit_html(tokens, credits, "test <title>", tmp_path / "c.html").read_text()
+    assert png.stat().st_size > 5_000
+    assert page.count("<tr>") == 3 and "test &lt;title&gt;" in page and 'title="+0.6"' in page
+    assert "http" not in page  # self-contained
+
+
+def test_token_credit_cli_on_a_model_directory(tmp_path, tiny_model, tokenizer):
+    tiny_model.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    result = subprocess.run([sys.executable, "-m", "analysis.token_credit", "--policy", str(tmp_path / "policy"),
+                             "--out", str(tmp_path / "out"), "--tries", "2"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "token_credit.png").exists() and (tmp_path / "out" / "token_credit.html").exists()

@@ -1,0 +1,131 @@
+"""Token-credit heatmaps: one response coloured token by token, the four methods' credits side by side, on a
+diverging colour map centred on "no change" (white = 0). PNG and a self-contained HTML page.
+
+    python -m analysis.token_credit <run dir> --out figures/      # its final_policy, or --policy DIR
+
+Each row is scaled to its own largest |credit| (printed in the row label): the methods' credits differ by orders
+of magnitude (GRPO's are advantages ~1, divergence-OPSD's are gradients ~1e-3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from methods import build_objective  # noqa: E402
+from rlsd_lab.credit import credits_on_fresh_rollouts  # noqa: E402
+from rlsd_lab.models import load_policy  # noqa: E402
+from rlsd_lab.tasks import build_task  # noqa: E402
+from rlsd_lab.verifiers import build_verifier  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COLOURS = plt.get_cmap("RdBu")  # red = pushed down, blue = pushed up
+
+
+def _norm(values: list[float]) -> TwoSlopeNorm:
+    scale = max((abs(v) for v in values), default=0.0) or 1.0
+    return TwoSlopeNorm(vcenter=0.0, vmin=-scale, vmax=scale)
+
+
+def _shown(token: str) -> str:
+    return {"\n": "\\n", "<eos>": "</s>"}.get(token, token)
+
+
+def credit_figure(tokens: list[str], credits: dict[str, list[float]], title: str, path: Path) -> Path:
+    """One row per method, one cell per token, coloured by credit."""
+    width = max(6.0, 0.28 * len(tokens) + 2.5)
+    fig, axes = plt.subplots(len(credits), 1, figsize=(width, 0.75 * len(credits) + 0.9), squeeze=False)
+    for ax, (method, values) in zip(axes[:, 0], credits.items()):
+        norm = _norm(values)
+        ax.imshow([values], cmap=COLOURS, norm=norm, aspect="auto")
+        for i, (token, value) in enumerate(zip(tokens, values)):
+            ink = "white" if abs(norm(value) - 0.5) > 0.3 else "black"  # readable on dark cells
+            ax.text(i, 0, _shown(token), ha="center", va="center", fontsize=8, family="monospace", color=ink)
+        ax.set_yticks([0], [f"{method}\n|max| {norm.vmax:.2g}"], fontsize=8)
+        ax.set_xticks([])
+    axes[-1, 0].set_xlabel("response tokens (blue: probability pushed up, red: pushed down, white: no change)")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=200)
+    plt.close(fig)
+    return path
+
+
+def credit_html(tokens: list[str], credits: dict[str, list[float]], title: str, path: Path) -> Path:
+    """A self-contained page: the same rows, hover a token for its exact credit."""
+    rows = []
+    for method, values in credits.items():
+        norm = _norm(values)
+        cells = "".join(
+            f'<span title="{value:+.4g}" style="background:{matplotlib.colors.to_hex(COLOURS(norm(value)))}">'
+            f"{html.escape(_shown(token))}</span>" for token, value in zip(tokens, values))
+        rows.append(f"<tr><th>{html.escape(method)}<br><small>|max| {norm.vmax:.2g}</small></th>"
+                    f"<td class=r>{cells}</td></tr>")
+    page = (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif}td.r span{font-family:monospace;padding:2px 1px;margin:0 1px}"
+            "th{text-align:right;padding-right:1em;font-weight:normal}</style>"
+            f"<h3>{html.escape(title)}</h3><p>Blue: probability pushed up; red: pushed down; white: no change. "
+            f"Each row is scaled to its own largest |credit|.</p><table>{''.join(rows)}</table>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    return path
+
+
+def method_objectives(beta_h: float) -> dict:
+    """The four objectives with the defaults of conf/method/*.yaml (hybrid with the given beta_h)."""
+    loss = OmegaConf.load(ROOT / "conf" / "config.yaml").loss
+    objectives = {}
+    for name in ("grpo", "opsd", "hybrid", "rlsd"):
+        cfg = OmegaConf.load(ROOT / "conf" / "method" / f"{name}.yaml")
+        if name == "hybrid":
+            cfg.beta_h = beta_h
+        objectives[name] = build_objective(cfg, loss)
+    return objectives
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, nargs="?", help="a run directory (uses its final_policy)")
+    parser.add_argument("--policy", type=Path, help="a model directory instead of a run's final_policy")
+    parser.add_argument("--out", type=Path, default=Path("figures"))
+    parser.add_argument("--beta-h", type=float, default=0.1)
+    parser.add_argument("--problem", type=int, default=0, help="index into the validation problems")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tries", type=int, default=20, help="problems to try for a group with A != 0")
+    args = parser.parse_args(argv)
+    policy = args.policy or (args.run / "final_policy" if args.run else None)
+    if policy is None:
+        parser.error("give a run directory or --policy")
+    model, tokenizer = load_policy(policy)
+    task_cfg = OmegaConf.load(ROOT / "conf" / "task" / "arith.yaml")
+    objectives, verifier = method_objectives(args.beta_h), build_verifier(task_cfg.name)
+    # From --problem on, the first problem whose sampled group is not all right or all wrong (A != 0).
+    for problem in build_task(task_cfg).problems("val", args.problem + args.tries, seed=0)[args.problem:]:
+        ids, scored, credits = credits_on_fresh_rollouts(model, tokenizer, objectives, problem, verifier,
+                                                         seed=args.seed)
+        advantages = credits["grpo"][:, 0]
+        if bool((advantages != 0).any()):
+            break
+    row = int(torch.argmax((advantages != 0).int()))
+    length = int(scored.response_mask[row].sum())
+    tokens = tokenizer.convert_ids_to_tokens(ids[row, :length].tolist())
+    values = {name: credit[row, :length].tolist() for name, credit in credits.items()}
+    title = (f"Q:{problem.question}  reward {float(scored.rewards[row]):.0f}  A={float(advantages[row]):+.2f}  "
+             f"(policy {policy})")
+    for path in (credit_figure(tokens, values, title, args.out / "token_credit.png"),
+                 credit_html(tokens, values, title, args.out / "token_credit.html")):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
