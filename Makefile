@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench paper figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,9 +25,23 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# The four methods x 3 seeds (conf/experiment/comparison.yaml; about 50 minutes on 2 CPU cores), then figures.
+PAPER_DIR ?= multirun/paper
+paper: setup
+	$(PY) -m rlsd_lab.train -m experiment=comparison trainer.progress_bar=false hydra.sweep.dir=$(PAPER_DIR)
+	$(MAKE) figures RUNS=$(PAPER_DIR) FIGURES=$(PAPER_DIR)/figures
+
+# Figures and table from any set of runs: make figures RUNS="runs/a runs/b" FIGURES=figures
+RUNS ?= $(PAPER_DIR)
+FIGURES ?= figures
+figures: setup
+	$(PY) -m analysis.stability $(RUNS) --out $(FIGURES)
+	$(PY) -m analysis.table $(RUNS) --out $(FIGURES)
+	$(PY) -m analysis.token_credit $$(ls -d $(firstword $(RUNS))/*rlsd_seed1 | head -n 1) --out $(FIGURES)
+
 bench: setup
 	$(PY) benchmarks/rollout_speed.py --out bench_results/rollout_speed.json
 	$(PY) benchmarks/method_cost.py --out bench_results/method_cost.json
 
 clean:
-	rm -rf runs multirun outputs bench_results
+	rm -rf runs multirun outputs bench_results figures

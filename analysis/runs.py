@@ -28,27 +28,35 @@ NOT_VARIANT = ("seed=", "hydra.", "trainer.progress_bar=", "experiment=", "model
 
 
 def run_labels(run_dir: Path) -> dict:
-    """run, method, seed and `variant`: the method plus the command-line overrides that define the arm
-    (e.g. `opsd method.support=teacher_top1`), read from the run's resolved config and Hydra overrides."""
+    """run, method, seed and the run's defining overrides (method and seed excluded), from its resolved config
+    and Hydra overrides."""
     config_file = run_dir / "config_resolved.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
     method = (config.get("method") or {}).get("name", run_dir.name)
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-    arm = [o for o in overrides or [] if not o.startswith(NOT_VARIANT) and not o.startswith("method=")]
-    return {"run": str(run_dir), "method": method, "seed": config.get("seed", 0),
-            "variant": " ".join([method, *arm])}
+    arm = tuple(o for o in overrides or [] if not o.startswith(NOT_VARIANT) and not o.startswith("method="))
+    return {"run": str(run_dir), "method": method, "seed": config.get("seed", 0), "overrides": arm}
+
+
+def variant_labels(labels: list[dict]) -> list[str]:
+    """`variant` = method + the overrides that are not shared by every run loaded together, so a sweep's
+    common settings (e.g. `++method.beta_h=0.1` given to all methods) do not clutter every label."""
+    shared = set.intersection(*(set(label["overrides"]) for label in labels)) if labels else set()
+    return [" ".join([label["method"], *(o for o in label["overrides"] if o not in shared)]) for label in labels]
 
 
 def load_runs(paths: list[Path | str]) -> pd.DataFrame:
     """Tidy frame with columns run, method, seed, variant, step, metric, value (NaNs dropped)."""
     frames = []
-    for run_dir in find_run_dirs(paths):
+    run_dirs = find_run_dirs(paths)
+    labels = [run_labels(run_dir) for run_dir in run_dirs]
+    for run_dir, label, variant in zip(run_dirs, labels, variant_labels(labels)):
         wide = pd.read_csv(run_dir / "metrics.csv")
         if "step" not in wide:
             raise ValueError(f"{run_dir / 'metrics.csv'} has no 'step' column")
         tidy = wide.melt(id_vars="step", var_name="metric", value_name="value").dropna(subset=["value"])
-        frames.append(tidy.assign(**run_labels(run_dir)))
+        frames.append(tidy.assign(run=label["run"], method=label["method"], seed=label["seed"], variant=variant))
     if not frames:
         raise FileNotFoundError(f"no run directories (with metrics.csv) under {', '.join(map(str, paths))}")
     columns = ["run", "method", "seed", "variant", "step", "metric", "value"]

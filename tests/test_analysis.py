@@ -30,10 +30,11 @@ def make_run(root: Path, name: str, method: str, seed: int, accuracy: list[float
 
 @pytest.fixture
 def runs_root(tmp_path):
-    make_run(tmp_path, "a", "grpo", 1, [0.3, 0.6, 0.9], extra={"train/entropy": 0.2})
-    make_run(tmp_path, "b", "grpo", 2, [0.3, 0.5, 0.7, 0.8])  # longer run, no entropy logged
-    make_run(tmp_path, "c", "rlsd", 1, [0.3, 0.85])  # single seed, stopped early
-    make_run(tmp_path, "d", "opsd", 1, [0.3, 0.1], overrides=["method.support=teacher_top1"])
+    shared = ["++method.beta_h=0.1"]  # given to every run of a sweep: not part of any label
+    make_run(tmp_path, "a", "grpo", 1, [0.3, 0.6, 0.9], extra={"train/entropy": 0.2}, overrides=shared)
+    make_run(tmp_path, "b", "grpo", 2, [0.3, 0.5, 0.7, 0.8], overrides=shared)  # longer, no entropy logged
+    make_run(tmp_path, "c", "rlsd", 1, [0.3, 0.85], overrides=shared)  # single seed, stopped early
+    make_run(tmp_path, "d", "opsd", 1, [0.3, 0.1], overrides=[*shared, "method.support=teacher_top1"])
     return tmp_path
 
 
