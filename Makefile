@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench paper figures clean
+.PHONY: setup demo test bench paper leakage figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,17 @@ PAPER_DIR ?= multirun/paper
 paper: setup
 	$(PY) -m rlsd_lab.train -m experiment=comparison trainer.progress_bar=false hydra.sweep.dir=$(PAPER_DIR)
 	$(MAKE) figures RUNS=$(PAPER_DIR) FIGURES=$(PAPER_DIR)/figures
+
+# The OPSD leakage study (conf/experiment/leakage.yaml): three sweeps into one folder, then figures.
+LEAKAGE_DIR ?= multirun/leakage
+LEAKAGE = $(PY) -m rlsd_lab.train -m experiment=leakage trainer.progress_bar=false seed=1
+leakage: setup
+	$(LEAKAGE) method=opsd method.support=full,teacher_top1,student_top1 method.teacher.mode=fixed,live \
+		hydra.sweep.dir=$(LEAKAGE_DIR)/variants
+	$(LEAKAGE) method=grpo,rlsd hydra.sweep.dir=$(LEAKAGE_DIR)/references
+	$(LEAKAGE) method=opsd model.bootstrap.shortcut_share=0.0,0.3,0.6 hydra.sweep.dir=$(LEAKAGE_DIR)/shortcut_share
+	$(PY) -m analysis.stability $(LEAKAGE_DIR) --out $(LEAKAGE_DIR)/figures
+	$(PY) -m analysis.table $(LEAKAGE_DIR) --out $(LEAKAGE_DIR)/figures
 
 # Figures and table from any set of runs: make figures RUNS="runs/a runs/b" FIGURES=figures
 RUNS ?= $(PAPER_DIR)
