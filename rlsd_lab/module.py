@@ -127,7 +127,8 @@ class RLModule(L.LightningModule):
                                student_logprobs=inputs.old_logprobs if inputs.old_logprobs is not None
                                else rollout.logprobs,
                                reasoning_mask=reasoning_mask(rollout.response_ids, rollout.response_mask,
-                                                             self.encode(ANSWER_MARKER)))
+                                                             self.encode(ANSWER_MARKER))
+                               if self.cfg.method.get("reasoning_only") else None)
         diagnose = step % self.cfg.diagnostics.every == 0
         teacher_states, teacher_metrics = None, {}
         if self.objective.uses_teacher or diagnose:
