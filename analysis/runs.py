@@ -1,7 +1,7 @@
 """Loading run directories into one tidy DataFrame: one row per (run, step, metric).
 
-A run directory holds `metrics.csv` and `config_resolved.yaml` (rlsd_lab/train.py); anything with a
-`metrics.csv` below the given paths counts, so a Hydra multirun directory can be passed whole. Runs that stopped
+A run directory holds `metrics.csv` (or, for wandb runs copied without it, `wandb/*/run-*.wandb`) and
+`config_resolved.yaml` (rlsd_lab/train.py); anything like that below the given paths counts, so a Hydra multirun directory can be passed whole. Runs that stopped
 early, runs with different metric sets and single-seed methods all load; missing values are simply absent rows.
 """
 
@@ -12,15 +12,31 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from analysis.wandb_offline import find_wandb_file, wandb_history
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "metrics.csv").exists() or find_wandb_file(path) is not None
+
 
 def find_run_dirs(paths: list[Path | str]) -> list[Path]:
+    """Run directories at or below `paths`: those with metrics.csv or a wandb run file."""
     runs: list[Path] = []
     for path in map(Path, paths):
-        if (path / "metrics.csv").exists():
+        if is_run_dir(path):
             runs.append(path)
         else:
-            runs += sorted(p.parent for p in path.rglob("metrics.csv"))
+            candidates = {p.parent for p in path.rglob("metrics.csv")}
+            candidates |= {p.parents[2] for p in path.rglob("wandb/*run-*/run-*.wandb")}
+            runs += sorted(candidates)
     return sorted(set(runs))
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """The run's metrics, one row per step: from metrics.csv, or else from its wandb run file."""
+    if (run_dir / "metrics.csv").exists():
+        return pd.read_csv(run_dir / "metrics.csv")
+    return wandb_history(find_wandb_file(run_dir))
 
 
 # Overrides that do not change what is being compared (they are the repetition, or bookkeeping).
@@ -52,13 +68,14 @@ def load_runs(paths: list[Path | str]) -> pd.DataFrame:
     run_dirs = find_run_dirs(paths)
     labels = [run_labels(run_dir) for run_dir in run_dirs]
     for run_dir, label, variant in zip(run_dirs, labels, variant_labels(labels)):
-        wide = pd.read_csv(run_dir / "metrics.csv")
+        wide = read_metrics(run_dir)
         if "step" not in wide:
-            raise ValueError(f"{run_dir / 'metrics.csv'} has no 'step' column")
+            raise ValueError(f"the metrics of {run_dir} have no 'step' column")
         tidy = wide.melt(id_vars="step", var_name="metric", value_name="value").dropna(subset=["value"])
         frames.append(tidy.assign(run=label["run"], method=label["method"], seed=label["seed"], variant=variant))
     if not frames:
-        raise FileNotFoundError(f"no run directories (with metrics.csv) under {', '.join(map(str, paths))}")
+        raise FileNotFoundError(f"no run directories (with metrics.csv or a wandb run file) under "
+                                f"{', '.join(map(str, paths))}")
     columns = ["run", "method", "seed", "variant", "step", "metric", "value"]
     return pd.concat(frames, ignore_index=True)[columns]
 

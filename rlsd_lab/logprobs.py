@@ -8,8 +8,8 @@ teacher-student divergence when one is asked for (OPSD), from the teacher's stor
 
 from __future__ import annotations
 
-from typing import NamedTuple
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint

@@ -98,7 +98,7 @@ class RLModule(L.LightningModule):
     def on_train_start(self):
         if self.rollout_step == 0:
             metrics = self.validate_policy()
-            self.logger.log_metrics(metrics, step=0)
+            self._log(metrics, step=0)
             log.info("step=0 %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
     # ---- one RL step ------------------------------------------------------------------------------------------
@@ -158,11 +158,15 @@ class RLModule(L.LightningModule):
             with timer.phase("validation"):
                 metrics.update(self.validate_policy())
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
-        self.logger.log_metrics(metrics, step=self.rollout_step)
+        self._log(metrics, step=self.rollout_step)
         step_log.info("step=%d %s", self.rollout_step, " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)))
         if "val/accuracy" in metrics:
             log.info("step=%d val/accuracy=%.4f train/reward=%.4f time/step=%.2fs", self.rollout_step,
                      metrics["val/accuracy"], metrics["train/reward"], sum(timer.seconds.values()))
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

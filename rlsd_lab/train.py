@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.run_summary import validation_curve, validation_summary
@@ -31,16 +31,23 @@ from rlsd_lab.tasks import build_task
 from rlsd_lab.verifiers import build_verifier
 
 log = logging.getLogger("rlsd_lab")
-LOGGERS = ("csv",)
+LOGGERS = ("csv", "wandb")
 # Expected here, not problems: the run directory already holds Hydra's files when the CSV logger opens it, and
 # checkpoints of a manually optimised module are taken after the optimiser step (the state a resume needs).
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
-def build_logger(cfg, run_dir: Path):
+def build_loggers(cfg, run_dir: Path) -> list:
+    """metrics.csv always; plus Weights & Biases with `logger=wandb` (offline unless `logger.mode=online`)."""
     check_choice("logger", cfg.logger.name, LOGGERS)
-    return CSVLogger(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=cfg.logger.flush_every)
+    loggers = [CSVLogger(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=cfg.logger.flush_every)]
+    if cfg.logger.name == "wandb":
+        check_choice("wandb mode", cfg.logger.mode, ("offline", "online"))
+        loggers.append(WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, name=run_dir.name,
+                                   save_dir=str(run_dir), offline=cfg.logger.mode == "offline",
+                                   config=OmegaConf.to_container(cfg, resolve=True)))
+    return loggers
 
 
 def policy_path(cfg) -> Path:
@@ -73,11 +80,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                   * module.optimizer_steps_per_rollout, save_last=True, save_top_k=1)
     trainer = L.Trainer(max_steps=cfg.trainer.max_steps * module.optimizer_steps_per_rollout,
                         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-                        precision=cfg.trainer.precision, logger=build_logger(cfg, run_dir), callbacks=[checkpoints],
+                        precision=cfg.trainer.precision, logger=build_loggers(cfg, run_dir), callbacks=[checkpoints],
                         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
                         enable_progress_bar=cfg.trainer.progress_bar, default_root_dir=run_dir)
     started = time.time()
     trainer.fit(module, loader)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # flush the wandb run file now (Lightning leaves the run open)
     model.save_pretrained(run_dir / "final_policy")
     tokenizer.save_pretrained(run_dir / "final_policy")
     summary = summarize(run_dir / "metrics.csv", cfg, time.time() - started)

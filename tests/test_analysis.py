@@ -115,3 +115,22 @@ def test_token_credit_cli_on_a_model_directory(tmp_path, tiny_model, tokenizer):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out" / "token_credit.png").exists() and (tmp_path / "out" / "token_credit.html").exists()
+
+
+def test_wandb_offline_run_reads_like_its_csv(tmp_path, tiny_model, tokenizer):
+    """logger=wandb works offline with no login, and the analysis reads the wandb file alone."""
+    from rlsd_lab.train import run
+    from tests.test_end_to_end import FAST, compose_config
+
+    tiny_model.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    cfg = compose_config(FAST + [f"model.path={tmp_path / 'policy'}", "logger=wandb"])
+    run(cfg, tmp_path / "runs" / "wandb_run")
+    run_dir = tmp_path / "runs" / "wandb_run"
+    from_csv = load_runs([run_dir])
+    (run_dir / "metrics.csv").rename(tmp_path / "metrics.csv.bak")
+    from_wandb = load_runs([tmp_path / "runs"])
+    key = ["step", "metric"]
+    merged = from_csv.merge(from_wandb, on=key, suffixes=("_csv", "_wandb"))
+    assert len(merged) == len(from_csv) > 50
+    assert (merged["value_csv"] - merged["value_wandb"]).abs().max() < 1e-6
