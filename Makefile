@@ -18,9 +18,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Builds (or reuses) the embedded base policy, trains GRPO on it, prints base vs final validation accuracy.
+# Builds (or reuses) the embedded base policy, trains the four methods on it (one seed, 100 steps each),
+# then writes the figures and the results table to $(DEMO_DIR)/figures.
+DEMO_DIR ?= multirun/demo
 demo: setup
-	$(PY) -m rlsd_lab.train experiment=demo
+	rm -rf $(DEMO_DIR)
+	$(PY) -m rlsd_lab.train -m experiment=demo hydra.sweep.dir=$(DEMO_DIR)
+	$(MAKE) figures RUNS=$(DEMO_DIR) FIGURES=$(DEMO_DIR)/figures
 
 test: setup
 	$(PY) -m pytest
