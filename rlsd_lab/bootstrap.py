@@ -133,7 +133,8 @@ class StopInAccuracyBand(L.Callback):
 
 
 def cache_key(model_cfg, task_cfg) -> str:
-    task_generator = {k: v for k, v in OmegaConf.to_container(task_cfg).items() if k not in ("train_size", "val_size")}
+    not_generator = ("train_size", "val_size", "verifier")
+    task_generator = {k: v for k, v in OmegaConf.to_container(task_cfg).items() if k not in not_generator}
     payload = {"recipe": RECIPE_VERSION, "architecture": OmegaConf.to_container(model_cfg.architecture),
                "bootstrap": OmegaConf.to_container(model_cfg.bootstrap), "task": task_generator}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

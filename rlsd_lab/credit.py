@@ -78,10 +78,11 @@ def credits_on_fresh_rollouts(model, tokenizer, objectives: dict[str, Objective]
     every objective's credit on those same responses, with a live teacher shown `reference_mode`."""
     prompts = PromptRenderer("plain", tokenizer)
     rollout = build_engine("hf", model, tokenizer, seed).generate(
-        [prompts.ids(problem.question)], SamplingParams(max_new_tokens, n=group_size))
-    rewards = torch.tensor([verifier.score(t, problem)[0] for t in decode_responses(tokenizer, rollout)])
+        [prompts.ids(problem)], SamplingParams(max_new_tokens, n=group_size))
+    rewards = torch.tensor([v.reward for v in verifier.score_batch(decode_responses(tokenizer, rollout),
+                                                                      [problem] * group_size)])
     teacher_logprobs, teacher = TeacherPass(model, "live").run(
-        model, [prompts.ids(problem.question, reference_text(problem, reference_mode))], rollout.response_ids,
+        model, [prompts.ids(problem, reference_text(problem, reference_mode))], rollout.response_ids,
         group_size, tokenizer.pad_token_id, 1.0, 256, keep_hidden=True)
     scored = ScoredRollout(rewards, rollout.response_mask, group_size, student_logprobs=rollout.logprobs,
                            teacher_logprobs=teacher_logprobs)

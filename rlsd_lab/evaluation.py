@@ -6,13 +6,14 @@ from rlsd_lab.prompts import PromptRenderer
 from rlsd_lab.rollout.base import RolloutEngine, SamplingParams
 from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.verifiers.base import Verifier
+from rlsd_lab.verifiers.pool import VerifierPool
 
 
 def decode_responses(tokenizer, batch) -> list[str]:
     return tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
 
 
-def greedy_accuracy(engine: RolloutEngine, tokenizer, verifier: Verifier, problems: list[Problem],
+def greedy_accuracy(engine: RolloutEngine, tokenizer, verifier: Verifier | VerifierPool, problems: list[Problem],
                     max_new_tokens: int, batch_size: int = 256, prompts: PromptRenderer | None = None
                     ) -> dict[str, float]:
     """Share of problems answered correctly with greedy decoding, plus mean response length."""
@@ -21,8 +22,7 @@ def greedy_accuracy(engine: RolloutEngine, tokenizer, verifier: Verifier, proble
     prompts = prompts or PromptRenderer("plain", tokenizer)
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
-        batch = engine.generate([prompts.ids(p.question) for p in chunk], params)
-        for text, problem in zip(decode_responses(tokenizer, batch), chunk):
-            correct += verifier.score(text, problem)[0]
+        batch = engine.generate([prompts.ids(p) for p in chunk], params)
+        correct += sum(verdict.reward for verdict in verifier.score_batch(decode_responses(tokenizer, batch), chunk))
         tokens += float(batch.response_lengths().sum())
     return {"accuracy": correct / len(problems), "response_length": tokens / len(problems)}

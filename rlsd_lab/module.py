@@ -27,7 +27,8 @@ from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.teacher import TeacherPass
 from rlsd_lab.timing import PhaseTimer
 from rlsd_lab.update import UpdateInputs, accumulate_policy_gradients
-from rlsd_lab.verifiers.base import Verifier
+from rlsd_lab.verifiers.base import Verdict
+from rlsd_lab.verifiers.pool import FAILURE_REASONS, VerifierPool
 
 log = logging.getLogger(__name__)
 # Every step's full metrics line; conf/config.yaml routes it to train.log only, keeping the console readable.
@@ -47,14 +48,23 @@ def check_batch_config(cfg) -> None:
         raise ValueError("train.micro_batch_size must be at least 1 response")
 
 
-def reason_shares(reasons: list[str]) -> dict[str, float]:
-    """`verify/<reason>`: the share of responses the verifier scored for each reason (e.g. `verify/wrong_answer`)."""
-    counts = Counter(reason.replace(" ", "_") for reason in reasons)
-    return {f"verify/{reason}": count / len(reasons) for reason, count in counts.items()}
+def verdict_metrics(verdicts: list[Verdict]) -> dict[str, float]:
+    """`verify/<reason>`: the share of responses scored for each reason (e.g. `verify/wrong_answer`);
+    `verify/score/<name>`: the mean of each sub-score; `verify/failures`: how many verifier runs failed
+    (timeout, crash, exception) this step."""
+    counts = Counter(v.reason.replace(" ", "_") for v in verdicts)
+    metrics = {f"verify/{reason}": count / len(verdicts) for reason, count in counts.items()}
+    sub_scores = defaultdict(list)
+    for verdict in verdicts:
+        for name, value in verdict.scores.items():
+            sub_scores[name].append(value)
+    metrics.update({f"verify/score/{name}": sum(values) / len(values) for name, values in sub_scores.items()})
+    metrics["verify/failures"] = float(sum(v.reason in FAILURE_REASONS for v in verdicts))
+    return metrics
 
 
 class RLModule(L.LightningModule):
-    def __init__(self, cfg, model, tokenizer, objective: Objective, verifier: Verifier,
+    def __init__(self, cfg, model, tokenizer, objective: Objective, verifier: VerifierPool,
                  train_problems: list[Problem], val_problems: list[Problem], run_dir: str | Path):
         super().__init__()
         check_batch_config(cfg)
@@ -95,6 +105,9 @@ class RLModule(L.LightningModule):
                                  prompts=self.prompts)
         return {f"val/{k}": v for k, v in result.items()}
 
+    def teardown(self, stage: str) -> None:
+        self.verifier.close()  # stops the verifier worker processes
+
     def on_train_start(self):
         if self.rollout_step == 0:
             metrics = self.validate_policy()
@@ -108,12 +121,12 @@ class RLModule(L.LightningModule):
         problems = [self.train_problems[i] for i in indices.tolist()]
         rows = [p for p in problems for _ in range(self.cfg.rollout.group_size)]
         with timer.phase("rollout"):
-            prompts = [self.prompts.ids(p.question) for p in problems]
+            prompts = [self.prompts.ids(p) for p in problems]
             rollout = self.engine.generate(prompts, self.sampling)
         with timer.phase("verify"):
             texts = decode_responses(self.tokenizer, rollout)
-            scores = [self.verifier.score(text, problem) for text, problem in zip(texts, rows)]
-            rewards = torch.tensor([reward for reward, _ in scores], device=rollout.response_mask.device)
+            verdicts = self.verifier.score_batch(texts, rows)
+            rewards = torch.tensor([v.reward for v in verdicts], device=rollout.response_mask.device)
         inputs = UpdateInputs(advantages=torch.empty(0))
         if self.reference_model is not None:
             with timer.phase("reference"):
@@ -149,7 +162,7 @@ class RLModule(L.LightningModule):
 
         metrics = {**update_metrics, **teacher_metrics, **{f"train/{k}": v for k, v in advantage_metrics.items()}}
         metrics.update(self._rollout_metrics(rollout, rewards, timer))
-        metrics.update(reason_shares([info["reason"] for _, info in scores]))
+        metrics.update(verdict_metrics(verdicts))
         metrics["train/leakage_rate"] = self._leakage_rate(texts)
         if diagnose:
             with timer.phase("diagnostics"):
@@ -183,7 +196,7 @@ class RLModule(L.LightningModule):
         logprobs = rollout.logprobs.clone()
         if not bool(groups.any()):
             return logprobs, None
-        teacher_prompts = [self.prompts.ids(p.question, reference_text(p, mode))
+        teacher_prompts = [self.prompts.ids(p, reference_text(p, mode))
                            for p, keep in zip(problems, groups.tolist()) if keep]
         selected, states = self.teacher.run(teacher, teacher_prompts,
                                             rollout.response_ids[rows], group_size, self.tokenizer.pad_token_id,
@@ -219,7 +232,7 @@ class RLModule(L.LightningModule):
         lengths = rollout.response_lengths().long()
         tokens = [self.tokenizer.convert_ids_to_tokens(rollout.response_ids[i, :lengths[i]].tolist()) for i in sample]
         write_credit_records(self.run_dir / "token_credit.jsonl", step, self.objective.name,
-                             [self.prompts.text(rows[i].question) for i in sample], tokens, credit[sample],
+                             [self.prompts.text(rows[i]) for i in sample], tokens, credit[sample],
                              scored.rewards[sample], sequence_advantages[sample])
 
     def _logprobs(self, model, rollout) -> torch.Tensor:

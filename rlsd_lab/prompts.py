@@ -20,11 +20,12 @@ REFERENCE_MODES = ("answer", "solution")
 
 
 def reference_text(problem: Problem, mode: str) -> str:
-    """The privileged information shown to the teacher: the final answer only, or the full solution."""
+    """The privileged information shown to the teacher: the final answer only, or the full solution (the answer
+    when a row has no reference solution)."""
     if mode == "answer":
         return problem.answer
     if mode == "solution":
-        return problem.solution
+        return problem.solution or problem.answer
     raise unknown_choice("reference mode", mode, REFERENCE_MODES)
 
 
@@ -34,15 +35,15 @@ def render_prompt(question: str, reference: str = "") -> str:
     return f"Q:{question}\n{block}"
 
 
-def chat_prompt(tokenizer, question: str, reference: str = "") -> str:
-    """The model's own chat template around one user turn; the teacher's turn carries the reference block.
-
-    The block (`CHAT_REFERENCE_BLOCK`) is appended to the user message; the template, system prompt and
-    generation prompt are the same for student and teacher.
+def chat_messages(problem: Problem, reference: str = "") -> list[dict[str, str]]:
+    """The row's chat messages (or one user turn with the question); the teacher's last user turn carries the
+    reference block (`CHAT_REFERENCE_BLOCK`). System prompt and earlier turns are the same for student and teacher.
     """
-    content = question + (CHAT_REFERENCE_BLOCK.format(reference=reference) if reference else "")
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
+    messages = [dict(m) for m in problem.messages] or [{"role": "user", "content": problem.question}]
+    if reference:
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[last_user]["content"] += CHAT_REFERENCE_BLOCK.format(reference=reference)
+    return messages
 
 
 CHAT_REFERENCE_BLOCK = "\n\nReference (for you only):\n{reference}"
@@ -59,10 +60,13 @@ class PromptRenderer:
             raise ValueError("model.prompt_format=chat needs a tokenizer with a chat template")
         self.format, self.tokenizer = format, tokenizer
 
-    def text(self, question: str, reference: str = "") -> str:
+    def text(self, problem: Problem, reference: str = "") -> str:
+        """The prompt of `problem`; the teacher's when a `reference` is given. In the plain format a chat row
+        is reduced to its last user turn (`problem.question`)."""
         if self.format == "chat":
-            return chat_prompt(self.tokenizer, question, reference)
-        return render_prompt(question, reference)
+            return self.tokenizer.apply_chat_template(chat_messages(problem, reference), tokenize=False,
+                                                      add_generation_prompt=True)
+        return render_prompt(problem.question, reference)
 
-    def ids(self, question: str, reference: str = "") -> list[int]:
-        return self.tokenizer.encode(self.text(question, reference), add_special_tokens=False)
+    def ids(self, problem: Problem, reference: str = "") -> list[int]:
+        return self.tokenizer.encode(self.text(problem, reference), add_special_tokens=False)

@@ -28,9 +28,10 @@ from rlsd_lab.choices import check_choice
 from rlsd_lab.models import load_policy
 from rlsd_lab.module import RLModule
 from rlsd_lab.tasks import build_task
-from rlsd_lab.verifiers import build_verifier
+from rlsd_lab.verifiers.pool import VerifierPool
 
 log = logging.getLogger("rlsd_lab")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 LOGGERS = ("csv", "wandb")
 # Expected here, not problems: the run directory already holds Hydra's files when the CSV logger opens it, and
 # checkpoints of a manually optimised module are taken after the optimiser step (the state a resume needs).
@@ -51,10 +52,23 @@ def build_loggers(cfg, run_dir: Path) -> list:
 
 
 def policy_path(cfg) -> Path:
-    """The user's local checkpoint, or the embedded base policy (built and cached on first use)."""
+    """The user's local checkpoint, or the embedded base policy (built and cached on first use).
+
+    The embedded policy is always trained on the arithmetic task: on another task (`task=math_example`, ...) the
+    default arithmetic configuration builds it, so every task shares one cached base policy.
+    """
     if cfg.model.path:
         return Path(cfg.model.path)
-    return ensure_base_policy(cfg.model, cfg.task)
+    base_task = cfg.task if cfg.task.name == "arith" else OmegaConf.load(CONF_DIR / "task" / "arith.yaml")
+    return ensure_base_policy(cfg.model, base_task)
+
+
+def build_verifier_pool(cfg, task, problems: list) -> VerifierPool:
+    """The task's verifier (rows may name their own), checked now so a bad name fails before training."""
+    pool = VerifierPool(task.verifier, OmegaConf.to_container(cfg.verify.options), cfg.verify.workers,
+                        cfg.verify.timeout_s)
+    pool.check([problem.verifier or task.verifier for problem in problems])
+    return pool
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -64,7 +78,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     objective = build_objective(cfg.method, cfg.loss)
-    verifier = build_verifier(cfg.task.name)
     task = build_task(cfg.task)
     model, tokenizer = load_policy(policy_path(cfg))
     model.train()  # from_pretrained returns eval mode
@@ -72,6 +85,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     train_problems = task.problems("train", cfg.task.train_size, seed=cfg.seed)
     # One validation set for every seed, so that runs are compared on the same problems.
     val_problems = task.problems("val", cfg.task.val_size, seed=0)
+    verifier = build_verifier_pool(cfg, task, train_problems + val_problems)
     module = RLModule(cfg, model, tokenizer, objective, verifier, train_problems, val_problems, run_dir)
     loader = torch.utils.data.DataLoader(range(len(train_problems)), batch_size=cfg.data.prompts_per_step,
                                          shuffle=True, drop_last=True,

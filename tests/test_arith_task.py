@@ -40,7 +40,7 @@ def test_every_reference_solution_is_correct_and_verified(settings):
         expected = eval(problem.question)  # the question is a plain arithmetic expression
         assert problem.answer == str(expected)
         assert len(problem.solution.splitlines()) == task.digits + 1
-        assert verifier.score(problem.solution, problem)[0] == 1.0
+        assert verifier.score(problem.solution, problem).reward == 1.0
 
 
 def test_teacher_prompt_is_student_prompt_plus_one_reference_block():

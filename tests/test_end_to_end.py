@@ -105,3 +105,17 @@ def test_hybrid_without_beta_h_stops_with_a_message(tmp_path, model_dir):
     cfg = compose_config(FAST + [f"model.path={model_dir}", "method=hybrid"])
     with pytest.raises(ValueError, match="needs method.beta_h"):
         run(cfg, tmp_path / "run")
+
+
+def test_training_steps_survive_a_verifier_that_hangs_and_dies(tmp_path, model_dir):
+    """Some responses make the (custom) verifier hang or kill its process: those get reward 0, training goes on."""
+    cfg = compose_config(FAST + [f"model.path={model_dir}", "trainer.max_steps=2", "data.prompts_per_step=2",
+                                 "task.val_size=4", "verify.timeout_s=1",
+                                 "+task.verifier=tests.helpers.rewards:flaky_arith"])
+    run(cfg, tmp_path / "run")
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    train_rows = metrics.dropna(subset=["train/loss"])
+    assert train_rows["step"].tolist() == [1, 2]
+    assert train_rows["verify/failures"].sum() > 0
+    assert {"verify/verifier_timeout", "verify/verifier_crashed"} & set(metrics.columns)
+    assert all(math.isfinite(x) for x in train_rows["train/loss"])

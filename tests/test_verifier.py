@@ -25,10 +25,10 @@ PROBLEM = Problem(uid="347+285", question="347+285", answer="632", solution="7+5
     ("A:\x00\udcff", 0.0, "answer is not an integer"),
 ])
 def test_arith_verifier_edge_cases(response, reward, reason):
-    got, info = build_verifier("arith").score(response, PROBLEM)
-    assert (got, info["reason"]) == (reward, reason)
+    verdict = build_verifier("arith").score(response, PROBLEM)
+    assert (verdict.reward, verdict.reason) == (reward, reason)
 
 
 def test_unknown_verifier_lists_choices():
-    with pytest.raises(ValueError, match="valid choices: arith"):
+    with pytest.raises(ValueError, match="valid choices: arith, code, json, math, sql, a dotted path"):
         build_verifier("nope")

@@ -64,7 +64,7 @@ class ArithTask:
     name = "arith"
 
     def __init__(self, digits: int = 3, operands: int = 2, operators: tuple[str, ...] = ("+",),
-                 val_percent: int = 10):
+                 val_percent: int = 10, verifier: str = "arith"):
         if digits < 1 or operands < 2:
             raise ValueError(f"arith needs digits >= 1 and operands >= 2, got digits={digits} operands={operands}")
         unknown = set(operators) - set(OPERATORS)
@@ -74,6 +74,7 @@ class ArithTask:
             raise ValueError("arith subtraction is defined for operands=2 only")
         self.digits, self.operands, self.operators = digits, operands, tuple(operators)
         self.val_percent = val_percent
+        self.verifier = verifier  # the verifier of its problems (they name none themselves)
 
     def _random_problem(self, rng: random.Random) -> Problem:
         low, high = 10 ** (self.digits - 1), 10**self.digits - 1

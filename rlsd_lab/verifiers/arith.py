@@ -6,7 +6,7 @@ import re
 
 from rlsd_lab.prompts import ANSWER_MARKER
 from rlsd_lab.tasks.problem import Problem
-from rlsd_lab.verifiers.base import Verifier
+from rlsd_lab.verifiers.base import Verdict, Verifier
 
 INTEGER = re.compile(r"-?[0-9]+")
 
@@ -16,14 +16,14 @@ class ArithVerifier(Verifier):
 
     name = "arith"
 
-    def score(self, response: str, problem: Problem) -> tuple[float, dict]:
+    def score(self, response: str, problem: Problem) -> Verdict:
         if ANSWER_MARKER not in response:
-            return 0.0, {"reason": "no answer marker", "extracted": None}
+            return Verdict.fail("no answer marker")
         extracted = response.rsplit(ANSWER_MARKER, 1)[1].split("\n", 1)[0].strip()
         if not extracted:
-            return 0.0, {"reason": "empty answer", "extracted": extracted}
+            return Verdict.fail("empty answer", extracted=extracted)
         if not INTEGER.fullmatch(extracted):
-            return 0.0, {"reason": "answer is not an integer", "extracted": extracted}
+            return Verdict.fail("answer is not an integer", extracted=extracted)
         if extracted != problem.answer:
-            return 0.0, {"reason": "wrong answer", "extracted": extracted}
-        return 1.0, {"reason": "correct", "extracted": extracted}
+            return Verdict.fail("wrong answer", extracted=extracted)
+        return Verdict(1.0, "correct", extracted=extracted)
