@@ -119,3 +119,37 @@ def test_training_steps_survive_a_verifier_that_hangs_and_dies(tmp_path, model_d
     assert train_rows["verify/failures"].sum() > 0
     assert {"verify/verifier_timeout", "verify/verifier_crashed"} & set(metrics.columns)
     assert all(math.isfinite(x) for x in train_rows["train/loss"])
+
+
+HOSTILE_PROGRAMS = [
+    "```python\nwhile True:\n    pass\n```",
+    "```python\nimport os\nwhile True:\n    os.fork()\n```",
+    "```python\nx = bytearray(10**10)\n```",
+    "```python\nwhile True:\n    print('x' * 10000)\n```",
+    "```python\nimport os\nos.remove({sentinel!r})\n```",
+    "```python\nimport socket\nsocket.create_connection(('127.0.0.1', 22))\n```",
+    "\ud800",
+    "",
+]
+
+
+def test_training_steps_survive_hostile_programs(tmp_path, model_dir, monkeypatch):
+    """The code task with every response replaced by a hostile program: reward 0 with reasons, steps complete."""
+    import rlsd_lab.module
+
+    sentinel = tmp_path / "sentinel.txt"
+    sentinel.write_text("keep me")
+    programs = [program.replace("{sentinel!r}", repr(str(sentinel))) for program in HOSTILE_PROGRAMS]
+    monkeypatch.setattr(rlsd_lab.module, "decode_responses",
+                        lambda tokenizer, batch: [programs[i % len(programs)] for i in range(batch.response_ids.shape[0])])
+    cfg = compose_config(FAST + [f"model.path={model_dir}", "task=code_example", "task.train_size=8",
+                                 "task.val_size=2", "trainer.max_steps=2", "data.prompts_per_step=2",
+                                 "+verify.options.code={cpu_seconds: 1, wall_seconds: 2}"])
+    run(cfg, tmp_path / "run")
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    train_rows = metrics.dropna(subset=["train/loss"])
+    assert train_rows["step"].tolist() == [1, 2]
+    assert (train_rows["train/reward"] == 0).all()
+    reasons = {c.removeprefix("verify/") for c in metrics.columns if c.startswith("verify/")}
+    assert {"timeout", "blocked", "memory_limit", "output_limit", "malformed_unicode", "no_code"} <= reasons
+    assert sentinel.read_text() == "keep me"
