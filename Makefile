@@ -35,16 +35,21 @@ paper: setup
 	$(PY) -m rlsd_lab.train -m experiment=comparison trainer.progress_bar=false hydra.sweep.dir=$(PAPER_DIR)
 	$(MAKE) figures RUNS=$(PAPER_DIR) FIGURES=$(PAPER_DIR)/figures
 
-# The OPSD leakage study (conf/experiment/leakage.yaml): three sweeps into one folder, then figures.
+# The OPSD leakage study (conf/experiment/leakage.yaml): three sweeps into one folder, then figures per sweep.
 LEAKAGE_DIR ?= multirun/leakage
-LEAKAGE = $(PY) -m rlsd_lab.train -m experiment=leakage trainer.progress_bar=false seed=1
+LEAKAGE = $(PY) -m rlsd_lab.train -m experiment=leakage trainer.progress_bar=false seed=1 \
+	hydra.sweep.subdir='$${hydra.job.num}_$${hydra.job.override_dirname}'
 leakage: setup
 	$(LEAKAGE) method=opsd method.support=full,teacher_top1,student_top1 method.teacher.mode=fixed,live \
 		hydra.sweep.dir=$(LEAKAGE_DIR)/variants
 	$(LEAKAGE) method=grpo,rlsd hydra.sweep.dir=$(LEAKAGE_DIR)/references
-	$(LEAKAGE) method=opsd model.bootstrap.shortcut_share=0.0,0.3,0.6 hydra.sweep.dir=$(LEAKAGE_DIR)/shortcut_share
-	$(PY) -m analysis.stability $(LEAKAGE_DIR) --out $(LEAKAGE_DIR)/figures
-	$(PY) -m analysis.table $(LEAKAGE_DIR) --out $(LEAKAGE_DIR)/figures
+	$(LEAKAGE) method=opsd model.bootstrap.shortcut_share=0.0,0.6 hydra.sweep.dir=$(LEAKAGE_DIR)/shortcut_share
+	$(PY) -m analysis.stability $(LEAKAGE_DIR)/variants $(LEAKAGE_DIR)/references --out $(LEAKAGE_DIR)/figures/variants
+	$(PY) -m analysis.table $(LEAKAGE_DIR)/variants $(LEAKAGE_DIR)/references --out $(LEAKAGE_DIR)/figures/variants
+	$(PY) -m analysis.stability $(LEAKAGE_DIR)/shortcut_share $(LEAKAGE_DIR)/variants/*support=full,method.teacher.mode=fixed* \
+		--out $(LEAKAGE_DIR)/figures/shortcut_share
+	$(PY) -m analysis.table $(LEAKAGE_DIR)/shortcut_share $(LEAKAGE_DIR)/variants/*support=full,method.teacher.mode=fixed* \
+		--out $(LEAKAGE_DIR)/figures/shortcut_share
 
 # Figures and table from any set of runs: make figures RUNS="runs/a runs/b" FIGURES=figures
 RUNS ?= $(PAPER_DIR)
