@@ -34,9 +34,12 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int):
-    """[B, T, H] last hidden states whose projections predict the last `response_length` tokens."""
+    """[B, T, H] last hidden states whose projections predict the last `response_length` tokens.
+
+    No KV cache: a scoring pass never reuses one, and gradient checkpointing drops it (with a warning) anyway.
+    """
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+                                 position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
     return hidden[:, -response_length - 1:-1]  # the state at t-1 predicts token t
 
 

@@ -7,7 +7,6 @@ Metrics go to the Lightning logger at step = number of rollout batches done; ste
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -19,8 +18,10 @@ from methods import Objective, ScoredRollout
 from methods.grpo import group_advantages
 from rlsd_lab.credit import objective_credit, write_credit_records
 from rlsd_lab.diagnostics import leakage_rate, reasoning_mask, teacher_student_kl
+from rlsd_lab.distributed import GradientSync, check_prompts_per_rank, rank_share, reduce_metrics, sum_over_ranks
 from rlsd_lab.evaluation import decode_responses, greedy_accuracy
 from rlsd_lab.logprobs import TeacherStates, response_hidden, response_logprobs
+from rlsd_lab.models import initial_weights
 from rlsd_lab.prompts import ANSWER_MARKER, PromptRenderer, reference_text
 from rlsd_lab.rollout import SamplingParams, build_engine
 from rlsd_lab.tasks.problem import Problem
@@ -35,17 +36,23 @@ log = logging.getLogger(__name__)
 step_log = logging.getLogger("rlsd_lab.steps")
 
 
-def check_batch_config(cfg) -> None:
-    """Explains, in words, batch settings that cannot work together."""
-    rows = cfg.data.prompts_per_step * cfg.rollout.group_size
+def check_batch_config(cfg, world_size: int = 1) -> None:
+    """Explains, in words, batch settings that cannot work together (on `world_size` data-parallel ranks)."""
     if cfg.rollout.group_size < 2:
         raise ValueError(f"rollout.group_size={cfg.rollout.group_size}: group-normalised advantages need at least "
                          "2 responses per prompt")
+    check_prompts_per_rank(cfg.data.prompts_per_step, world_size)
+    rows = cfg.data.prompts_per_step // world_size * cfg.rollout.group_size
+    per_rank = f" on each of {world_size} ranks" if world_size > 1 else ""
     if rows % cfg.train.mini_batches:
-        raise ValueError(f"a step has data.prompts_per_step x rollout.group_size = {rows} responses, which cannot "
-                         f"be split into train.mini_batches={cfg.train.mini_batches} equal mini-batches")
+        raise ValueError(f"a step has data.prompts_per_step x rollout.group_size = {rows} responses{per_rank}, which "
+                         f"cannot be split into train.mini_batches={cfg.train.mini_batches} equal mini-batches")
     if cfg.train.micro_batch_size < 1:
         raise ValueError("train.micro_batch_size must be at least 1 response")
+
+
+def optimizer_steps_per_rollout(cfg) -> int:
+    return cfg.train.ppo_epochs * cfg.train.mini_batches
 
 
 def verdict_metrics(verdicts: list[Verdict]) -> dict[str, float]:
@@ -65,7 +72,8 @@ def verdict_metrics(verdicts: list[Verdict]) -> dict[str, float]:
 
 class RLModule(L.LightningModule):
     def __init__(self, cfg, model, tokenizer, objective: Objective, verifier: VerifierPool,
-                 train_problems: list[Problem], val_problems: list[Problem], run_dir: str | Path):
+                 train_problems: list[Problem], val_problems: list[Problem], run_dir: str | Path, rank: int = 0):
+        """`rank`: the data-parallel rank, added to the sampling seed so that ranks draw independent responses."""
         super().__init__()
         check_batch_config(cfg)
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
@@ -73,13 +81,13 @@ class RLModule(L.LightningModule):
         self.train_problems, self.val_problems = train_problems, val_problems
         self.automatic_optimization = False
         self.prompts = PromptRenderer(cfg.model.prompt_format, tokenizer)
-        self.engine = build_engine(cfg.rollout.name, model, tokenizer, seed=cfg.seed)
+        self.engine = build_engine(cfg.rollout.name, model, tokenizer, seed=cfg.seed + rank)
         self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                        top_p=cfg.rollout.top_p, n=cfg.rollout.group_size)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
         self.reference_model = None
-        if cfg.loss.kl_coef > 0:
-            self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if cfg.loss.kl_coef > 0:  # the initial policy; for a LoRA policy its base model (no copy)
+            self.reference_model = initial_weights(model)
         # Objectives without a teacher still get a live one for the periodic diagnostics.
         teacher_cfg = cfg.method.teacher if objective.uses_teacher else {"mode": "live", "sync_every": 1}
         self.teacher = TeacherPass(model, teacher_cfg["mode"], teacher_cfg["sync_every"])
@@ -88,11 +96,12 @@ class RLModule(L.LightningModule):
 
     @property
     def optimizer_steps_per_rollout(self) -> int:
-        return self.cfg.train.ppo_epochs * self.cfg.train.mini_batches
+        return optimizer_steps_per_rollout(self.cfg)
 
     def configure_optimizers(self):
         optim = self.cfg.optim
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.method.lr, betas=tuple(optim.betas),
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters only
+        optimizer = torch.optim.AdamW(trainable, lr=self.cfg.method.lr, betas=tuple(optim.betas),
                                       weight_decay=optim.weight_decay)
         warmup = max(1, optim.warmup_steps * self.optimizer_steps_per_rollout)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
@@ -100,9 +109,15 @@ class RLModule(L.LightningModule):
 
     # ---- validation -------------------------------------------------------------------------------------------
     def validate_policy(self) -> dict[str, float]:
-        result = greedy_accuracy(self.engine, self.tokenizer, self.verifier, self.val_problems,
+        """Greedy accuracy on the validation set; data-parallel ranks each score a share and sum the counts."""
+        problems = rank_share(self.val_problems, self.global_rank, self.trainer.world_size)
+        result = greedy_accuracy(self.engine, self.tokenizer, self.verifier, problems,
                                  self.cfg.rollout.max_new_tokens, batch_size=self.cfg.train.val_batch_size,
-                                 prompts=self.prompts)
+                                 prompts=self.prompts) if problems else {"accuracy": 0.0, "response_length": 0.0}
+        if self.trainer.world_size > 1:  # the shares' means, weighted by their sizes
+            totals = sum_over_ranks(torch.tensor([value * len(problems) for value in result.values()],
+                                                 dtype=torch.float64, device=self.device))
+            result = {name: float(total) / len(self.val_problems) for name, total in zip(result, totals)}
         return {f"val/{k}": v for k, v in result.items()}
 
     def teardown(self, stage: str) -> None:
@@ -112,12 +127,15 @@ class RLModule(L.LightningModule):
         if self.rollout_step == 0:
             metrics = self.validate_policy()
             self._log(metrics, step=0)
-            log.info("step=0 %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if self.global_rank == 0:
+                log.info("step=0 %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
     # ---- one RL step ------------------------------------------------------------------------------------------
     def training_step(self, indices: torch.Tensor, batch_idx: int):
+        """`indices`: the step's global batch of prompts, the same on every rank; each rank rolls out its share."""
         timer = PhaseTimer()
         step = self.rollout_step
+        indices = rank_share(indices, self.global_rank, self.trainer.world_size)
         problems = [self.train_problems[i] for i in indices.tolist()]
         rows = [p for p in problems for _ in range(self.cfg.rollout.group_size)]
         with timer.phase("rollout"):
@@ -171,7 +189,10 @@ class RLModule(L.LightningModule):
             with timer.phase("validation"):
                 metrics.update(self.validate_policy())
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+        metrics = reduce_metrics(metrics)  # over data-parallel ranks; the same on every rank
         self._log(metrics, step=self.rollout_step)
+        if self.global_rank != 0:
+            return
         step_log.info("step=%d %s", self.rollout_step, " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)))
         if "val/accuracy" in metrics:
             log.info("step=%d val/accuracy=%.4f train/reward=%.4f time/step=%.2fs", self.rollout_step,
@@ -218,7 +239,7 @@ class RLModule(L.LightningModule):
         metrics = {"train/teacher_student_kl": teacher_student_kl(
             student_states, teacher_states, rollout.response_mask, self.cfg.rollout.temperature,
             self.cfg.train.logprob_chunk_size)}
-        if self.cfg.diagnostics.credit_samples:
+        if self.cfg.diagnostics.credit_samples and self.global_rank == 0:  # one writer; rank 0's responses
             self._export_credit(rollout, scored, student_states, teacher_states, rows, step)
         return metrics
 
@@ -243,6 +264,7 @@ class RLModule(L.LightningModule):
     def _update(self, rollout, inputs: UpdateInputs, measure_terms: bool) -> dict[str, float]:
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
         cfg = self.cfg.train
+        sync = GradientSync(self)  # data parallel: the ranks' gradients add up to the global mini-batch's
         rows = rollout.response_ids.shape[0]
         sums: dict[str, float] = defaultdict(float)
         for _ in range(cfg.ppo_epochs):
@@ -253,7 +275,8 @@ class RLModule(L.LightningModule):
                 step_sums = accumulate_policy_gradients(
                     self.model, self.objective, rollout, inputs, mini, self.cfg.loss.aggregation,
                     self.cfg.rollout.max_new_tokens, cfg.micro_batch_size, self.cfg.rollout.temperature,
-                    cfg.logprob_chunk_size, backward=self.manual_backward, measure_terms=measure_terms)
+                    cfg.logprob_chunk_size, backward=sync.backward, measure_terms=measure_terms,
+                    defer_sync=sync.deferred)
                 for name, value in step_sums.items():
                     sums[name] += value
                 sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))

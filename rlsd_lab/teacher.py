@@ -2,19 +2,19 @@
 
 Same weights as the student (methods.md), in one of three modes: `live` (the weights that generated the batch;
 no extra memory), `periodic` (a frozen copy re-synced from the policy every `sync_every` steps; paper: 10) or
-`fixed` (the initial weights). It runs once per rollout batch without gradients, encoding each teacher prompt once per group; when a full-vocabulary
+`fixed` (the initial weights; for a LoRA policy the base model with the adapter disabled, no copy). It runs once
+per rollout batch without gradients, encoding each teacher prompt once per group; when a full-vocabulary
 divergence is needed it also keeps the teacher's last hidden states [B, T, H] (not B x T x V): the loss
 projects them chunk by chunk.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from rlsd_lab.choices import check_choice
 from rlsd_lab.logprobs import TeacherStates, position_ids_from_mask, sampled_logprobs
+from rlsd_lab.models import has_adapter, initial_weights
 from rlsd_lab.rollout.hf_engine import left_pad
 from rlsd_lab.rollout.kv_cache import sampling_cache
 
@@ -22,13 +22,19 @@ TEACHER_MODES = ("live", "periodic", "fixed")
 
 
 class TeacherPass(torch.nn.Module):
-    """Holds the frozen copy for `periodic`/`fixed` (a submodule, so it moves with the policy and is checkpointed)."""
+    """Holds the frozen copy for `periodic`/`fixed` (a submodule, so it moves with the policy and is checkpointed).
+
+    A LoRA policy's `fixed` teacher is a view of the policy (models.AdapterDisabled): nothing to hold or checkpoint.
+    """
 
     def __init__(self, policy: torch.nn.Module, mode: str, sync_every: int = 10):
         super().__init__()
         check_choice("teacher mode", mode, TEACHER_MODES)
         self.mode, self.sync_every = mode, sync_every
-        self.frozen = None if mode == "live" else copy.deepcopy(policy).eval().requires_grad_(False)
+        if mode == "periodic" and has_adapter(policy):
+            raise ValueError("method.teacher.mode=periodic is not supported with model.lora.enabled=true: use fixed "
+                             "(the base model, adapter disabled) or live")
+        self.frozen = None if mode == "live" else initial_weights(policy)
 
     def weights(self, policy: torch.nn.Module, step: int) -> torch.nn.Module:
         """The model to use as teacher at `step` (re-syncing the periodic copy when due)."""

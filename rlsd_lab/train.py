@@ -1,7 +1,8 @@
 """Hydra entry point: `python -m rlsd_lab.train method=grpo task=arith seed=1 trainer.max_steps=200`.
 
 Writes into the run directory: `.hydra/` (composed config and overrides), `config_resolved.yaml`, `metrics.csv`
-(one row per step; step 0 is the base policy), `checkpoints/` (Lightning), `final_policy/` (save_pretrained),
+(one row per step; step 0 is the base policy), `checkpoints/` (Lightning), `final_policy/` (save_pretrained; with
+LoRA the merged model, and the adapter alone in `final_adapter/`),
 `summary.json`, and `train.log`.
 """
 
@@ -25,8 +26,9 @@ from analysis.run_summary import validation_curve, validation_summary
 from methods import build_objective
 from rlsd_lab.bootstrap import ensure_base_policy
 from rlsd_lab.choices import check_choice
-from rlsd_lab.models import load_policy
-from rlsd_lab.module import RLModule
+from rlsd_lab.distributed import check_launch, check_strategy
+from rlsd_lab.models import has_adapter, load_model
+from rlsd_lab.module import RLModule, check_batch_config, optimizer_steps_per_rollout
 from rlsd_lab.tasks import build_task
 from rlsd_lab.verifiers.pool import VerifierPool
 
@@ -71,37 +73,60 @@ def build_verifier_pool(cfg, task, problems: list) -> VerifierPool:
     return pool
 
 
+def build_trainer(cfg, run_dir: Path) -> L.Trainer:
+    """`trainer.strategy=ddp` with `trainer.devices` x `trainer.num_nodes` ranks trains data parallel
+    (rlsd_lab/distributed.py). Every rank's loader yields the global batch and the module takes its share, hence
+    no distributed sampler."""
+    steps_per_rollout = optimizer_steps_per_rollout(cfg)
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=cfg.train.checkpoint_every
+                                  * steps_per_rollout, save_last=True, save_top_k=1)
+    return L.Trainer(max_steps=cfg.trainer.max_steps * steps_per_rollout, accelerator=cfg.trainer.accelerator,
+                     strategy=check_strategy(cfg.trainer.strategy), devices=cfg.trainer.devices,
+                     num_nodes=cfg.trainer.num_nodes, use_distributed_sampler=False, precision=cfg.trainer.precision,
+                     logger=build_loggers(cfg, run_dir), callbacks=[checkpoints], enable_model_summary=False,
+                     num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=cfg.trainer.progress_bar,
+                     default_root_dir=run_dir)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Trains one configuration into `run_dir` and returns the summary it also writes as summary.json."""
+    """Trains one configuration into `run_dir` and returns the summary it also writes as summary.json.
+
+    Data parallel, rank 0 alone writes the files and the summary; the other ranks return an empty dict.
+    """
+    trainer = build_trainer(cfg, run_dir)  # first: it knows this process's data-parallel rank
+    check_batch_config(cfg, trainer.world_size)
+    check_launch(trainer.world_size)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if trainer.is_global_zero:
+        (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     objective = build_objective(cfg.method, cfg.loss)
     task = build_task(cfg.task)
-    model, tokenizer = load_policy(policy_path(cfg))
+    model, tokenizer = load_model(cfg.model, policy_path(cfg), cfg.trainer.accelerator)
     model.train()  # from_pretrained returns eval mode
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_problems = task.problems("train", cfg.task.train_size, seed=cfg.seed)
     # One validation set for every seed, so that runs are compared on the same problems.
     val_problems = task.problems("val", cfg.task.val_size, seed=0)
     verifier = build_verifier_pool(cfg, task, train_problems + val_problems)
-    module = RLModule(cfg, model, tokenizer, objective, verifier, train_problems, val_problems, run_dir)
+    module = RLModule(cfg, model, tokenizer, objective, verifier, train_problems, val_problems, run_dir,
+                      rank=trainer.global_rank)
+    # The same seeded order on every rank: each step's global batch of prompts (data.prompts_per_step).
     loader = torch.utils.data.DataLoader(range(len(train_problems)), batch_size=cfg.data.prompts_per_step,
                                          shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(cfg.seed))
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=cfg.train.checkpoint_every
-                                  * module.optimizer_steps_per_rollout, save_last=True, save_top_k=1)
-    trainer = L.Trainer(max_steps=cfg.trainer.max_steps * module.optimizer_steps_per_rollout,
-                        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-                        precision=cfg.trainer.precision, logger=build_loggers(cfg, run_dir), callbacks=[checkpoints],
-                        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-                        enable_progress_bar=cfg.trainer.progress_bar, default_root_dir=run_dir)
     started = time.time()
     trainer.fit(module, loader)
+    if not trainer.is_global_zero:
+        return {}
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()  # flush the wandb run file now (Lightning leaves the run open)
+    if has_adapter(model):  # LoRA: the adapter alone, then the merged model every consumer can load
+        model.save_pretrained(run_dir / "final_adapter")
+        tokenizer.save_pretrained(run_dir / "final_adapter")
+        model = model.merge_and_unload()
     model.save_pretrained(run_dir / "final_policy")
     tokenizer.save_pretrained(run_dir / "final_policy")
     summary = summarize(run_dir / "metrics.csv", cfg, time.time() - started)
@@ -118,6 +143,8 @@ def summarize(metrics_csv: Path, cfg, seconds: float) -> dict:
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     summary = run(cfg, run_dir)
+    if not summary:  # a data-parallel rank other than 0: rank 0 reports
+        return float("nan")
     log.info("done: %s", json.dumps(summary))
     curve = validation_curve(run_dir / "metrics.csv")
     print("[rlsd_lab] validation accuracy by step: " + ", ".join(f"{s}: {a:.3f}" for s, a in curve.items()))

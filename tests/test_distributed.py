@@ -1,0 +1,175 @@
+"""Data parallel (Lightning ddp, gloo, 2 CPU processes): the update of one process on the whole batch.
+
+Run as a script (`python tests/test_distributed.py OUT`), this file is the 2-rank job the first test starts:
+Lightning relaunches the same command for rank 1.
+"""
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from methods import build_objective
+from methods.policy_loss import AGGREGATIONS
+from rlsd_lab.distributed import rank_share
+from rlsd_lab.module import check_batch_config
+from rlsd_lab.rollout import RolloutBatch
+from rlsd_lab.train import run
+from rlsd_lab.update import UpdateInputs, accumulate_policy_gradients
+from tests.test_end_to_end import FAST, compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS, GROUP, LENGTH, WORLD = 4, 4, 12, 2
+# Rank 0 gets prompts 0 and 2 (short responses), rank 1 prompts 1 and 3 (long ones): a rank's own token mean
+# weighs its tokens 4-5x more than the global one does.
+LENGTHS = [[1, 2, 3, 2], [9, 12, 10, 11], [2, 3, 1, 3], [12, 8, 11, 10]]
+UPDATE = ["data.prompts_per_step=4", "rollout.group_size=4", f"rollout.max_new_tokens={LENGTH}", "method.lr=0.0",
+          "train.micro_batch_size=3", "train.grad_clip=1e9", "verify.workers=0"]
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_model, tokenizer):
+    tiny_model.save_pretrained(tmp_path / "tiny_model")
+    tokenizer.save_pretrained(tmp_path / "tiny_model")
+    return tmp_path / "tiny_model"
+
+
+def synthetic_batch(tokenizer) -> tuple[RolloutBatch, torch.Tensor]:
+    """A fixed rollout batch with uneven response lengths (left-padded prompts) and per-row advantages."""
+    generator = torch.Generator().manual_seed(0)
+    rows = PROMPTS * GROUP
+    prompt_ids = torch.randint(3, len(tokenizer), (PROMPTS, 6), generator=generator).repeat_interleave(GROUP, 0)
+    prompt_mask = torch.ones_like(prompt_ids)
+    prompt_mask[::3, :2] = 0
+    prompt_ids = prompt_ids.masked_fill(prompt_mask == 0, tokenizer.pad_token_id)
+    keep = torch.arange(LENGTH)[None, :] < torch.tensor(LENGTHS).flatten()[:, None]
+    response_ids = torch.randint(3, len(tokenizer), (rows, LENGTH), generator=generator)
+    batch = RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+                         response_ids=response_ids.masked_fill(~keep, tokenizer.pad_token_id),
+                         response_mask=keep.float(), logprobs=torch.zeros(rows, LENGTH),
+                         finished=torch.ones(rows, dtype=torch.bool))
+    advantages = torch.randn(rows, generator=generator)[:, None] * batch.response_mask
+    return batch, advantages
+
+
+def rank_rows(rank: int, world_size: int) -> torch.Tensor:
+    """The rows of a rank's prompts, as RLModule.training_step shares them."""
+    prompts = rank_share(torch.arange(PROMPTS), rank, world_size)
+    return (prompts[:, None] * GROUP + torch.arange(GROUP)).flatten()
+
+
+def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
+    return RolloutBatch(**{f.name: getattr(batch, f.name)[rows] for f in dataclasses.fields(batch)})
+
+
+def flat_grad(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def ddp_update_job(out: str) -> None:
+    """One training step per aggregation through RLModule._update on 2 ranks; rank 0 saves loss and gradient."""
+    import lightning as L
+
+    from rlsd_lab.models import build_tiny_qwen2
+    from rlsd_lab.module import RLModule
+    from rlsd_lab.tokenizer import build_char_tokenizer
+    from rlsd_lab.verifiers.pool import VerifierPool
+    from tests.conftest import TINY_ARCHITECTURE
+
+    class UpdateOnly(RLModule):
+        def on_train_start(self):  # no validation
+            pass
+
+        def training_step(self, indices, batch_idx):
+            self.cfg.loss.aggregation = AGGREGATIONS[batch_idx]
+            rows = rank_rows(self.global_rank, self.trainer.world_size)
+            metrics = self._update(select_rows(self.batch, rows), UpdateInputs(self.advantages[rows]), False)
+            self.results.append({"aggregation": AGGREGATIONS[batch_idx], "loss": metrics["train/loss"],
+                                 "grad": flat_grad(self.model).clone()})
+
+    cfg = compose_config(UPDATE)
+    tokenizer = build_char_tokenizer()
+    torch.manual_seed(0)
+    model = build_tiny_qwen2(tokenizer, TINY_ARCHITECTURE)
+    module = UpdateOnly(cfg, model, tokenizer, build_objective(cfg.method, cfg.loss), VerifierPool("arith", workers=0),
+                        [], [], out)
+    module.batch, module.advantages = synthetic_batch(tokenizer)
+    module.results = []
+    trainer = L.Trainer(accelerator="cpu", strategy="ddp", devices=WORLD, max_steps=len(AGGREGATIONS), logger=False,
+                        enable_checkpointing=False, use_distributed_sampler=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(module, torch.utils.data.DataLoader(range(len(AGGREGATIONS)), batch_size=1))
+    if trainer.is_global_zero:
+        torch.save(module.results, Path(out) / "ddp_update.pt")
+
+
+def single_process_update(model, tokenizer, objective, aggregation, rows) -> tuple[float, torch.Tensor]:
+    batch, advantages = synthetic_batch(tokenizer)
+    model.zero_grad()
+    sums = accumulate_policy_gradients(model, objective, batch, UpdateInputs(advantages), rows, aggregation, LENGTH,
+                                       micro_batch_size=5, temperature=1.0, chunk_size=256)
+    return sums["loss"], flat_grad(model)
+
+
+def test_ddp_update_equals_the_single_process_update_on_the_whole_batch(tmp_path, tiny_model, tokenizer):
+    result = subprocess.run([sys.executable, __file__, str(tmp_path)], check=False, cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp_update.pt")
+    assert [r["aggregation"] for r in ddp] == list(AGGREGATIONS)
+    cfg = compose_config(UPDATE)
+    objective = build_objective(cfg.method, cfg.loss)
+    everything = torch.arange(PROMPTS * GROUP)
+    for record in ddp:
+        loss, grad = single_process_update(tiny_model, tokenizer, objective, record["aggregation"], everything)
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(record["grad"], grad, rtol=1e-4, atol=1e-6)
+        assert record["loss"] == pytest.approx(loss, rel=1e-5, abs=1e-7)
+        if record["aggregation"] == "token-mean":
+            # The mean of per-rank token means (what DDP would give without the global count) is far off.
+            naive = sum(single_process_update(tiny_model, tokenizer, objective, "token-mean",
+                                              rank_rows(rank, WORLD))[1] for rank in range(WORLD)) / WORLD
+            assert (naive - grad).norm() > 0.2 * grad.norm()
+
+
+def test_ddp_run_of_the_entry_point_writes_one_set_of_results(tmp_path, model_dir):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "rlsd_lab.train", f"model.path={model_dir}", f"hydra.run.dir={run_dir}", *FAST,
+               "trainer.max_steps=2", "task.val_size=7", "trainer.strategy=ddp", f"trainer.devices={WORLD}",
+               "threads=1", "method=hybrid", "method.beta_h=0.1", "diagnostics.every=1", "verify.workers=0"]
+    result = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    train_rows = metrics.dropna(subset=["train/loss"])
+    assert train_rows["step"].tolist() == [1, 2]
+    assert train_rows["train/loss"].map(math.isfinite).all()
+    assert {"train/grad_norm/grpo", "train/grad_norm/opsd"} <= set(metrics.columns)
+    assert metrics.dropna(subset=["val/accuracy"])["step"].tolist() == [0, 2]
+    credit = (run_dir / "token_credit.jsonl").read_text().splitlines()
+    assert len(credit) == 2 * 4  # steps 0 and 1, diagnostics.credit_samples responses each, from rank 0 only
+    assert (run_dir / "summary.json").exists() and (run_dir / "final_policy" / "config.json").exists()
+
+
+def test_unsupported_strategies_and_uneven_shares_stop_at_start(tmp_path, model_dir):
+    cfg = compose_config(FAST + [f"model.path={model_dir}", "trainer.strategy=fsdp"])
+    with pytest.raises(ValueError, match="trainer.strategy=fsdp is not supported: FSDP shards the parameters"):
+        run(cfg, tmp_path / "run")
+    cfg = compose_config(FAST + [f"model.path={model_dir}", "trainer.strategy=deepspeed"])
+    with pytest.raises(ValueError, match="unknown trainer.strategy 'deepspeed'; valid choices: auto, ddp, fsdp"):
+        run(cfg, tmp_path / "run")
+    with pytest.raises(ValueError, match="data.prompts_per_step=4 is the global number of prompts per step"):
+        check_batch_config(compose_config(FAST), world_size=3)
+    with pytest.raises(ValueError, match="8 responses on each of 2 ranks, which cannot be split into "
+                                         "train.mini_batches=3"):
+        check_batch_config(compose_config(FAST + ["train.mini_batches=3"]), world_size=2)
+
+
+if __name__ == "__main__":
+    ddp_update_job(sys.argv[1])
