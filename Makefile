@@ -23,8 +23,11 @@ setup: $(STAMP)
 DEMO_DIR ?= multirun/demo
 demo: setup
 	rm -rf $(DEMO_DIR)
-	$(PY) -m rlsd_lab.train -m experiment=demo hydra.sweep.dir=$(DEMO_DIR)
-	$(MAKE) figures RUNS=$(DEMO_DIR) FIGURES=$(DEMO_DIR)/figures
+	start=$$(date +%s); \
+	$(PY) -m rlsd_lab.train -m experiment=demo hydra.sweep.dir=$(DEMO_DIR) && \
+	$(MAKE) figures RUNS=$(DEMO_DIR) FIGURES=$(DEMO_DIR)/figures && \
+	echo "{\"seconds\": $$(( $$(date +%s) - start )), \"finished\": \"$$(date -u +%FT%TZ)\", \"commit\": \"$$(git rev-parse --short HEAD 2>/dev/null)\"}" \
+		> $(DEMO_DIR)/wall_time.json
 
 test: setup
 	$(PY) -m pytest
@@ -59,9 +62,12 @@ figures: setup
 	$(PY) -m analysis.table $(RUNS) --out $(FIGURES)
 	$(PY) -m analysis.token_credit $$(ls -d $(firstword $(RUNS))/*rlsd_seed1 | head -n 1) --out $(FIGURES)
 
+# Each benchmark compares side by side in one run and writes JSON to bench_results/ (README, "Benchmarks").
 bench: setup
 	$(PY) benchmarks/rollout_speed.py --out bench_results/rollout_speed.json
 	$(PY) benchmarks/method_cost.py --out bench_results/method_cost.json
+	$(PY) benchmarks/logprob_memory.py --out bench_results/logprob_memory.json
+	$(PY) benchmarks/demo_time.py --out bench_results/demo_time.json
 
 clean:
 	rm -rf runs multirun outputs bench_results figures
