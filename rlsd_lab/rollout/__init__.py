@@ -6,12 +6,25 @@ from rlsd_lab.choices import check_choice
 from rlsd_lab.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
 from rlsd_lab.rollout.hf_engine import HFRolloutEngine
 
-ENGINES = {"hf": HFRolloutEngine}
+
+def vllm_engine(*args, **kwargs) -> RolloutEngine:
+    """Imports vLLM only when asked for: it is an optional dependency (requirements-vllm.txt) and slow to import."""
+    try:
+        from rlsd_lab.rollout.vllm_engine import VLLMRolloutEngine
+    except ModuleNotFoundError as error:
+        if error.name != "vllm":
+            raise
+        raise ImportError("rollout=vllm needs vLLM, which is not installed: see requirements-vllm.txt") from error
+    return VLLMRolloutEngine(*args, **kwargs)
 
 
-def build_engine(name: str, model, tokenizer, seed: int) -> RolloutEngine:
+ENGINES = {"hf": HFRolloutEngine, "vllm": vllm_engine}
+
+
+def build_engine(name: str, model, tokenizer, seed: int, **options) -> RolloutEngine:
+    """`options`: the engine's own settings (`rollout.engine` in conf/rollout/vllm.yaml)."""
     check_choice("rollout engine", name, sorted(ENGINES))
-    return ENGINES[name](model, tokenizer.pad_token_id, tokenizer.eos_token_id, seed=seed)
+    return ENGINES[name](model, tokenizer.pad_token_id, tokenizer.eos_token_id, seed=seed, **options)
 
 
 __all__ = ["ENGINES", "RolloutBatch", "RolloutEngine", "SamplingParams", "build_engine"]

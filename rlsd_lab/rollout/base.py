@@ -55,3 +55,7 @@ class RolloutEngine(ABC):
 
     @abstractmethod
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch: ...
+
+    def sync_weights(self, model) -> None:
+        """Engines holding their own copy of the policy (vLLM) load `model`'s current weights; the HF engine samples
+        from the trainer's model itself."""
