@@ -35,3 +35,17 @@ def test_truncated_importance_weights_survive_an_overflowing_ratio():
     assert weights.tolist() == [5.0]
     with pytest.raises(ValueError, match="cap"):
         truncated_is_weights(torch.tensor([0.0]), torch.tensor([0.0]), cap=0.0)
+
+
+def test_scaling_advantages_by_is_weights_scales_each_token_loss():
+    """Why the module applies TIS to the advantages: the clipped surrogate (with dual clip) is positively
+    homogeneous in A, so loss(A * w) == w * loss(A) token by token for w >= 0."""
+    from methods.policy_loss import clipped_surrogate
+
+    generator = torch.Generator().manual_seed(0)
+    logprobs, old = -torch.rand(4, 6, generator=generator) * 3, -torch.rand(4, 6, generator=generator) * 3
+    advantages = torch.randn(4, 6, generator=generator)
+    weights = truncated_is_weights(old, old + 0.5 * torch.randn(4, 6, generator=generator), cap=2.0)
+    scaled = clipped_surrogate(logprobs, old, advantages * weights, 0.2, 0.28, 3.0)["loss"]
+    plain = clipped_surrogate(logprobs, old, advantages, 0.2, 0.28, 3.0)["loss"]
+    assert torch.allclose(scaled, weights * plain, atol=1e-6)
