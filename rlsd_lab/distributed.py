@@ -99,6 +99,15 @@ def sum_values_over_ranks(values: dict[str, float], device: torch.device) -> dic
     return dict(zip(names, totals.tolist()))
 
 
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order (the same list on every rank); `[obj]` in a single process."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def reduce_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """Means over ranks (sums for `SUMMED_METRICS`), identical on every rank.
 

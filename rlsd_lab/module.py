@@ -18,12 +18,22 @@ from methods import Objective, ScoredRollout
 from methods.grpo import group_advantages
 from rlsd_lab.credit import objective_credit, write_credit_records
 from rlsd_lab.diagnostics import leakage_rate, reasoning_mask, teacher_student_kl
-from rlsd_lab.distributed import GradientSync, check_prompts_per_rank, rank_share, reduce_metrics, sum_over_ranks
+from rlsd_lab.distributed import (
+    GradientSync,
+    check_prompts_per_rank,
+    gather_objects,
+    rank_share,
+    reduce_metrics,
+    sum_over_ranks,
+)
 from rlsd_lab.evaluation import decode_responses, greedy_accuracy
+from rlsd_lab.guards import UpdateGuard
 from rlsd_lab.logprobs import TeacherStates, response_hidden, response_logprobs
 from rlsd_lab.models import initial_weights
 from rlsd_lab.prompts import ANSWER_MARKER, PromptRenderer, reference_text
+from rlsd_lab.resume import CHECKPOINT_KEY, rng_state, set_rng_state
 from rlsd_lab.rollout import SamplingParams, build_engine
+from rlsd_lab.rollout.mismatch import logprob_mismatch, truncated_is_weights
 from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.teacher import TeacherPass
 from rlsd_lab.timing import PhaseTimer
@@ -81,7 +91,8 @@ class RLModule(L.LightningModule):
         self.train_problems, self.val_problems = train_problems, val_problems
         self.automatic_optimization = False
         self.prompts = PromptRenderer(cfg.model.prompt_format, tokenizer)
-        self.engine = build_engine(cfg.rollout.name, model, tokenizer, seed=cfg.seed + rank)
+        self.engine = build_engine(cfg.rollout.name, model, tokenizer, seed=cfg.seed + rank,
+                                   **cfg.rollout.get("engine", {}))
         self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                        top_p=cfg.rollout.top_p, n=cfg.rollout.group_size)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
@@ -93,6 +104,7 @@ class RLModule(L.LightningModule):
         self.teacher = TeacherPass(model, teacher_cfg["mode"], teacher_cfg["sync_every"])
         self.run_dir = Path(run_dir)
         self.rollout_step = 0
+        self.guard = UpdateGuard(cfg.train.max_consecutive_skips)
 
     @property
     def optimizer_steps_per_rollout(self) -> int:
@@ -120,10 +132,34 @@ class RLModule(L.LightningModule):
             result = {name: float(total) / len(self.val_problems) for name, total in zip(result, totals)}
         return {f"val/{k}": v for k, v in result.items()}
 
+    # ---- checkpoints (rlsd_lab/resume.py) ----------------------------------------------------------------------
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"rollout": self.engine.generator, "shuffle": self.shuffle_generator}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Adds what Lightning does not save, with every rank's RNG states; first writes out the metrics logged so
+        far, so that the run directory holds every row up to the checkpoint's step."""
+        for logger in self.loggers:
+            logger.save()
+        checkpoint[CHECKPOINT_KEY] = {"rollout_step": self.rollout_step, "guard": self.guard.state_dict(),
+                                      "rng": gather_objects(rng_state(self._generators()))}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint[CHECKPOINT_KEY]
+        self.rollout_step = state["rollout_step"]
+        self.guard.load_state_dict(state["guard"])
+        if len(state["rng"]) == self.trainer.world_size:
+            set_rng_state(state["rng"][self.global_rank], self._generators())
+        else:
+            log.warning("resuming %d data-parallel ranks from a checkpoint of %d: the random number generators start "
+                        "from the seed, so the run does not continue exactly", self.trainer.world_size,
+                        len(state["rng"]))
+
     def teardown(self, stage: str) -> None:
         self.verifier.close()  # stops the verifier worker processes
 
     def on_train_start(self):
+        self.engine.sync_weights(self.model)  # a resumed checkpoint replaced the weights the engine started from
         if self.rollout_step == 0:
             metrics = self.validate_policy()
             self._log(metrics, step=0)
@@ -149,8 +185,9 @@ class RLModule(L.LightningModule):
         if self.reference_model is not None:
             with timer.phase("reference"):
                 inputs.ref_logprobs = self._logprobs(self.reference_model, rollout)
-        if self.optimizer_steps_per_rollout > 1:
-            # Later mini-batches run on updated weights: freeze pi_old before the first step.
+        if self.optimizer_steps_per_rollout > 1 or self.cfg.rollout.name != "hf":
+            # Later mini-batches run on updated weights, and another engine's log-probs are not the trainer's
+            # (rollout/mismatch.py): pi_old from the trainer before the first step.
             with timer.phase("old_logprobs"):
                 inputs.old_logprobs = self._logprobs(self.model, rollout)
         scored = ScoredRollout(rewards=rewards, response_mask=rollout.response_mask,
@@ -174,6 +211,11 @@ class RLModule(L.LightningModule):
             inputs.delta = scored.delta if self.objective.uses_teacher else None
             inputs.teacher = teacher_states if self.objective.uses_teacher else None
         inputs.advantages, advantage_metrics = self.objective.token_advantages(scored, step)
+        if self.cfg.rollout.get("tis_cap"):
+            # Truncated importance sampling toward the engine's policy. The clipped surrogate is positively
+            # homogeneous in the advantage, so scaling A_t by w_t >= 0 scales each token's policy-gradient term by w_t.
+            inputs.advantages = inputs.advantages * truncated_is_weights(
+                inputs.old_logprobs, rollout.logprobs, self.cfg.rollout.tis_cap) * rollout.response_mask
         with timer.phase("update"):
             update_metrics = self._update(rollout, inputs, measure_terms=diagnose)
         self.rollout_step += 1
@@ -181,6 +223,8 @@ class RLModule(L.LightningModule):
         metrics = {**update_metrics, **teacher_metrics, **{f"train/{k}": v for k, v in advantage_metrics.items()}}
         metrics.update(self._rollout_metrics(rollout, rewards, timer))
         metrics.update(verdict_metrics(verdicts))
+        if self.cfg.rollout.name != "hf":  # the engine's log-probs vs the trainer's, on the same tokens
+            metrics.update(logprob_mismatch(rollout.logprobs, inputs.old_logprobs, rollout.response_mask))
         metrics["train/leakage_rate"] = self._leakage_rate(texts)
         if diagnose:
             with timer.phase("diagnostics"):
@@ -191,6 +235,7 @@ class RLModule(L.LightningModule):
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
         metrics = reduce_metrics(metrics)  # over data-parallel ranks; the same on every rank
         self._log(metrics, step=self.rollout_step)
+        self.guard.check(self.rollout_step)
         if self.global_rank != 0:
             return
         step_log.info("step=%d %s", self.rollout_step, " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)))
@@ -267,6 +312,7 @@ class RLModule(L.LightningModule):
         sync = GradientSync(self)  # data parallel: the ranks' gradients add up to the global mini-batch's
         rows = rollout.response_ids.shape[0]
         sums: dict[str, float] = defaultdict(float)
+        skipped = 0
         for _ in range(cfg.ppo_epochs):
             shuffle = cfg.mini_batches > 1
             order = torch.randperm(rows, generator=self.shuffle_generator) if shuffle else torch.arange(rows)
@@ -279,11 +325,18 @@ class RLModule(L.LightningModule):
                     defer_sync=sync.deferred)
                 for name, value in step_sums.items():
                     sums[name] += value
-                sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+                sums["grad_norm"] += grad_norm
                 sums["lr"] += schedule.get_last_lr()[0]
-                optimizer.step()
+                if not self.guard.allows(step_sums["loss"], grad_norm, self.device):
+                    skipped += 1
+                    optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient alone
+                optimizer.step()  # also when skipped, so that Lightning counts it (rlsd_lab/guards.py)
                 schedule.step()
-        return {f"train/{name}": total / self.optimizer_steps_per_rollout for name, total in sums.items()}
+        self.engine.sync_weights(self.model)  # the next rollouts and validation sample from the updated policy
+        metrics = {f"train/{name}": total / self.optimizer_steps_per_rollout for name, total in sums.items()}
+        return metrics | {"train/skipped_updates": float(skipped),
+                          "train/skipped_updates_total": float(self.guard.total)}
 
     def _rollout_metrics(self, rollout, rewards: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
         lengths = rollout.response_lengths()

@@ -4,6 +4,9 @@ Writes into the run directory: `.hydra/` (composed config and overrides), `confi
 (one row per step; step 0 is the base policy), `checkpoints/` (Lightning), `final_policy/` (save_pretrained; with
 LoRA the merged model, and the adapter alone in `final_adapter/`),
 `summary.json`, and `train.log`.
+
+`resume=auto` continues the run in the run directory from its latest checkpoint, exactly (rlsd_lab/resume.py):
+`python -m rlsd_lab.train <the same overrides> hydra.run.dir=<that run directory> resume=auto`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.run_summary import validation_curve, validation_summary
@@ -29,22 +32,25 @@ from rlsd_lab.choices import check_choice
 from rlsd_lab.distributed import check_launch, check_strategy
 from rlsd_lab.models import has_adapter, load_model
 from rlsd_lab.module import RLModule, check_batch_config, optimizer_steps_per_rollout
+from rlsd_lab.resume import EpochBatchSampler, MetricsCSV, checkpoint_step, find_checkpoint
+from rlsd_lab.rollout import ENGINES
 from rlsd_lab.tasks import build_task
 from rlsd_lab.verifiers.pool import VerifierPool
 
 log = logging.getLogger("rlsd_lab")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 LOGGERS = ("csv", "wandb")
-# Expected here, not problems: the run directory already holds Hydra's files when the CSV logger opens it, and
-# checkpoints of a manually optimised module are taken after the optimiser step (the state a resume needs).
-warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+# Expected here, not problems: checkpoints of a manually optimised module are taken after the optimiser step (the
+# state a resume needs), and the data loader does resume mid-epoch, by a sampler Lightning does not know of.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
-def build_loggers(cfg, run_dir: Path) -> list:
-    """metrics.csv always; plus Weights & Biases with `logger=wandb` (offline unless `logger.mode=online`)."""
+def build_loggers(cfg, run_dir: Path, resume_step: int | None = None) -> list:
+    """metrics.csv always (resumed from `resume_step`); plus Weights & Biases with `logger=wandb` (offline unless
+    `logger.mode=online`)."""
     check_choice("logger", cfg.logger.name, LOGGERS)
-    loggers = [CSVLogger(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=cfg.logger.flush_every)]
+    loggers = [MetricsCSV(run_dir / "metrics.csv", cfg.logger.flush_every, resume_step)]
     if cfg.logger.name == "wandb":
         check_choice("wandb mode", cfg.logger.mode, ("offline", "online"))
         loggers.append(WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, name=run_dir.name,
@@ -73,29 +79,41 @@ def build_verifier_pool(cfg, task, problems: list) -> VerifierPool:
     return pool
 
 
-def build_trainer(cfg, run_dir: Path) -> L.Trainer:
+def build_trainer(cfg, run_dir: Path, resume_step: int | None = None) -> L.Trainer:
     """`trainer.strategy=ddp` with `trainer.devices` x `trainer.num_nodes` ranks trains data parallel
     (rlsd_lab/distributed.py). Every rank's loader yields the global batch and the module takes its share, hence
-    no distributed sampler."""
+    no distributed sampler.
+
+    Checkpoints every `train.checkpoint_every` steps, the latest `train.keep_checkpoints` kept (ranked by step;
+    their names count optimiser steps), and `last.ckpt`, a link to the latest."""
     steps_per_rollout = optimizer_steps_per_rollout(cfg)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=cfg.train.checkpoint_every
-                                  * steps_per_rollout, save_last=True, save_top_k=1)
+                                  * steps_per_rollout, monitor="step", mode="max",
+                                  save_top_k=cfg.train.keep_checkpoints, save_last="link",
+                                  enable_version_counter=False)  # a resumed run overwrites, no `last-v1.ckpt`
     return L.Trainer(max_steps=cfg.trainer.max_steps * steps_per_rollout, accelerator=cfg.trainer.accelerator,
                      strategy=check_strategy(cfg.trainer.strategy), devices=cfg.trainer.devices,
                      num_nodes=cfg.trainer.num_nodes, use_distributed_sampler=False, precision=cfg.trainer.precision,
-                     logger=build_loggers(cfg, run_dir), callbacks=[checkpoints], enable_model_summary=False,
-                     num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=cfg.trainer.progress_bar,
-                     default_root_dir=run_dir)
+                     logger=build_loggers(cfg, run_dir, resume_step), callbacks=[checkpoints],
+                     enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+                     enable_progress_bar=cfg.trainer.progress_bar, default_root_dir=run_dir)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Trains one configuration into `run_dir` and returns the summary it also writes as summary.json.
 
     Data parallel, rank 0 alone writes the files and the summary; the other ranks return an empty dict.
+    `resume` (null | auto | a .ckpt path) continues a run from a checkpoint: rlsd_lab/resume.py.
     """
-    trainer = build_trainer(cfg, run_dir)  # first: it knows this process's data-parallel rank
+    check_choice("rollout engine", cfg.rollout.name, sorted(ENGINES))
+    checkpoint = find_checkpoint(cfg.resume, run_dir)
+    resume_step = checkpoint_step(checkpoint) if checkpoint else None
+    trainer = build_trainer(cfg, run_dir, resume_step)  # early: it knows this process's data-parallel rank
     check_batch_config(cfg, trainer.world_size)
     check_launch(trainer.world_size)
+    if cfg.rollout.name == "vllm" and trainer.world_size > 1:
+        raise ValueError("rollout=vllm runs in one process only: vLLM starts its own torch.distributed group, which "
+                         "would take over Lightning's data-parallel one; use rollout=hf with trainer.strategy=ddp")
     run_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -103,21 +121,28 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         torch.set_num_threads(cfg.threads)
     objective = build_objective(cfg.method, cfg.loss)
     task = build_task(cfg.task)
-    model, tokenizer = load_model(cfg.model, policy_path(cfg), cfg.trainer.accelerator)
-    model.train()  # from_pretrained returns eval mode
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Problems and verifiers before the model: a configuration error stops the run before a base policy is built.
     train_problems = task.problems("train", cfg.task.train_size, seed=cfg.seed)
     # One validation set for every seed, so that runs are compared on the same problems.
     val_problems = task.problems("val", cfg.task.val_size, seed=0)
     verifier = build_verifier_pool(cfg, task, train_problems + val_problems)
+    # The same seeded order on every rank: each step's global batch of prompts (data.prompts_per_step), continued
+    # from the checkpoint's step. The loader's own generator: its iterators draw a seed, not from torch's global RNG.
+    sampler = EpochBatchSampler(len(train_problems), cfg.data.prompts_per_step, cfg.seed, start=resume_step or 0)
+    loader = torch.utils.data.DataLoader(range(len(train_problems)), batch_sampler=sampler, generator=torch.Generator())
+    model, tokenizer = load_model(cfg.model, policy_path(cfg), cfg.trainer.accelerator)
+    model.train()  # from_pretrained returns eval mode
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = RLModule(cfg, model, tokenizer, objective, verifier, train_problems, val_problems, run_dir,
                       rank=trainer.global_rank)
-    # The same seeded order on every rank: each step's global batch of prompts (data.prompts_per_step).
-    loader = torch.utils.data.DataLoader(range(len(train_problems)), batch_size=cfg.data.prompts_per_step,
-                                         shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(cfg.seed))
+    if checkpoint:
+        log.info("resuming from %s (step %d)", checkpoint, resume_step)
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     started = time.time()
-    trainer.fit(module, loader)
+    try:
+        trainer.fit(module, loader, ckpt_path=checkpoint)
+    finally:
+        verifier.close()  # also when training stops with an error (Lightning then skips the module's teardown)
     if not trainer.is_global_zero:
         return {}
     for logger in trainer.loggers:

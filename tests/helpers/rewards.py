@@ -38,3 +38,8 @@ def flaky_arith(response, problem):
     if len(response) % 5 == 1:
         os._exit(1)
     return response.rsplit("A:", 1)[-1].strip() == problem.answer
+
+
+def char_parity(response, problem):
+    """Right for about half of a random model's responses, so that groups have advantages (arith gives all 0)."""
+    return sum(map(ord, response)) % 2 == 0
