@@ -1,8 +1,10 @@
-"""Rollout tokens/s: our HF engine vs `transformers` `model.generate`, side by side on the same model and batch.
+"""Rollout tokens/s: our HF engine vs `transformers` `model.generate` (and vLLM where installed), side by side.
 
-Both sample with the same settings (temperature, top-p) for exactly `--new-tokens` tokens (eos is disabled in
-both so that the token counts are equal), alternating over `--repeats` rounds; the ratio of medians is the
-headline. Writes JSON.
+All sample the same batch with the same settings (temperature, top-p) for `--new-tokens` tokens (eos disabled
+for the HF engine and `generate`, so their token counts are equal; vLLM's generated tokens are counted),
+alternating over `--repeats` rounds; the ratio of medians is the headline. On a GPU machine the model runs on
+CUDA; `--hidden-size`/`--layers` build a larger model from the embedded architecture (e.g. `--hidden-size 1024
+--layers 24` for a few hundred million parameters; nothing is downloaded). Writes JSON.
 
     python benchmarks/rollout_speed.py --out bench_results/rollout_speed.json
 """
@@ -10,6 +12,7 @@ headline. Writes JSON.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
@@ -37,6 +40,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--hidden-size", type=int, help="override the embedded architecture's width")
+    parser.add_argument("--layers", type=int, help="override the embedded architecture's depth")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "rollout_speed.json")
     args = parser.parse_args()
 
@@ -44,7 +49,14 @@ def main() -> None:
     tokenizer = build_char_tokenizer()
     # Speed does not depend on the weights: the embedded architecture, randomly initialised.
     architecture = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").architecture)
-    model = build_tiny_qwen2(tokenizer, architecture).eval()
+    if args.hidden_size:
+        heads = args.hidden_size // 64
+        architecture.update(hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
+                            num_attention_heads=heads, num_key_value_heads=max(1, heads // 4))
+    if args.layers:
+        architecture["num_hidden_layers"] = args.layers
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = build_tiny_qwen2(tokenizer, architecture).to(device).eval()
     model.generation_config.eos_token_id = None
     problems = ArithTask().problems("train", args.prompts, seed=0)
     prompts = [tokenizer.encode(render_prompt(p.question), add_special_tokens=False) for p in problems]
@@ -52,6 +64,7 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p,
                             n=args.group_size)
     ids, mask = left_pad([p for p in prompts for _ in range(args.group_size)], tokenizer.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
 
     def ours() -> int:
         return int(engine.generate(prompts, params).response_mask.sum())
@@ -64,6 +77,12 @@ def main() -> None:
         return int(out.shape[0] * (out.shape[1] - ids.shape[1]))
 
     contenders = {"hf_engine": ours, "transformers_generate": hf_generate}
+    if importlib.util.find_spec("vllm"):
+        from rlsd_lab.rollout import build_engine
+
+        vllm = build_engine("vllm", model, tokenizer, seed=0)
+        top_p_one = SamplingParams(max_new_tokens=args.new_tokens, temperature=args.temperature, n=args.group_size)
+        contenders["vllm"] = lambda: int(vllm.generate(prompts, top_p_one).response_mask.sum())  # top-p 1 only
     for run in contenders.values():  # warm-up
         run()
     rates: dict[str, list[float]] = {name: [] for name in contenders}
@@ -82,7 +101,8 @@ def main() -> None:
         "tokens_per_s_all": rates,
         "ratio_hf_engine_over_generate": medians["hf_engine"] / medians["transformers_generate"],
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "torch": torch.__version__},
+                    "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name() if device == "cuda" else None},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
