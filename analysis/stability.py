@@ -58,9 +58,18 @@ def stability_figure(runs: pd.DataFrame, out_dir: Path, name: str = "stability")
         ax.set_xlabel("RL step")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
+    # One legend for all panels, off the data: in the free panel slot if there is one, else below the panels.
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle("Training stability: mean over seeds, band = min-max across seeds")
-    fig.tight_layout()
+    if len(panels) < len(axes):
+        spare = axes[len(panels)]
+        spare.set_visible(True)
+        spare.axis("off")
+        spare.legend(handles, labels, loc="center", fontsize=9, frameon=False)
+        fig.tight_layout()
+    else:
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=9, frameon=False)
+        fig.tight_layout(rect=(0, 0.05 * (-(-len(labels) // 2)) / rows_of_panels, 1, 1))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     for path in paths:
