@@ -21,3 +21,12 @@ def tokenizer():
 def tiny_model(tokenizer):
     torch.manual_seed(0)
     return build_tiny_qwen2(tokenizer, TINY_ARCHITECTURE)
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_model, tokenizer):
+    """The tiny random model saved as a local transformers directory, for runs with `model.path=`."""
+    path = tmp_path / "tiny_model"
+    tiny_model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -33,13 +33,6 @@ UPDATE = ["data.prompts_per_step=4", "rollout.group_size=4", f"rollout.max_new_t
           "train.micro_batch_size=3", "train.grad_clip=1e9", "verify.workers=0"]
 
 
-@pytest.fixture
-def model_dir(tmp_path, tiny_model, tokenizer):
-    tiny_model.save_pretrained(tmp_path / "tiny_model")
-    tokenizer.save_pretrained(tmp_path / "tiny_model")
-    return tmp_path / "tiny_model"
-
-
 def synthetic_batch(tokenizer) -> tuple[RolloutBatch, torch.Tensor]:
     """A fixed rollout batch with uneven response lengths (left-padded prompts) and per-row advantages."""
     generator = torch.Generator().manual_seed(0)

@@ -20,14 +20,6 @@ from tests.test_end_to_end import FAST, compose_config
 GUARDED = FAST + ["verify.workers=0", "task.val_size=4"]
 
 
-@pytest.fixture
-def model_dir(tmp_path, tiny_model, tokenizer):
-    path = tmp_path / "tiny_model"
-    tiny_model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def poison_steps(monkeypatch, steps: set[int]) -> None:
     """NaN advantages, hence a NaN loss and gradient, at the given steps (0-based, as RLModule.rollout_step)."""
     update = RLModule._update

@@ -31,14 +31,6 @@ RESUME = FAST + ["task.train_size=12", "trainer.max_steps=6", "train.checkpoint_
 RLSD_PERIODIC = ["method=rlsd", "method.teacher.mode=periodic", "method.teacher.sync_every=3"]
 
 
-@pytest.fixture
-def model_dir(tmp_path, tiny_model, tokenizer):
-    path = tmp_path / "tiny_model"
-    tiny_model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def comparable(run_dir: Path) -> pd.DataFrame:
     """metrics.csv without the wall-clock columns, which no two runs share."""
     metrics = pd.read_csv(run_dir / "metrics.csv")
