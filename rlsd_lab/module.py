@@ -155,9 +155,6 @@ class RLModule(L.LightningModule):
                         "from the seed, so the run does not continue exactly", self.trainer.world_size,
                         len(state["rng"]))
 
-    def teardown(self, stage: str) -> None:
-        self.verifier.close()  # stops the verifier worker processes
-
     def on_train_start(self):
         self.engine.sync_weights(self.model)  # a resumed checkpoint replaced the weights the engine started from
         if self.rollout_step == 0:
