@@ -21,7 +21,8 @@ Every rank holds a full replica of the policy. What makes N ranks compute the up
   `train.mini_batches > 1` each rank splits its own rows, so the global mini-batches are a different (equally
   random) partition of the step's rows than one process would draw.
 
-FSDP is refused at start (`FSDP_UNSUPPORTED` says why), and so is a Hydra multirun of data-parallel runs.
+`trainer.strategy=fsdp` does all of the above and also shards the policy over the ranks: rlsd_lab/sharding.py.
+A Hydra multirun of data-parallel runs is refused at start (`check_launch`).
 """
 
 from __future__ import annotations
@@ -37,25 +38,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from rlsd_lab.choices import check_choice
+from rlsd_lab.sharding import fsdp_strategy
 
 STRATEGIES = ("auto", "ddp", "fsdp")
-FSDP_UNSUPPORTED = (
-    "trainer.strategy=fsdp is not supported: FSDP shards the parameters and gathers them only inside the wrapped "
-    "module's forward, but this trainer calls the policy outside it (the rollout engine's sampling loop, the "
-    "teacher and reference passes), copies it for the periodic/fixed teacher and the reference model, and clips "
-    "gradients with torch.nn.utils.clip_grad_norm_, which would see only this rank's shard. Training would fail or "
-    "silently use wrong weights and norms. Use trainer.strategy=ddp (a full replica per device); for a policy that "
-    "does not fit one device, train a LoRA adapter.")
 # Totals over ranks rather than means: throughput and counts.
 SUMMED_METRICS = ("perf/", "verify/failures")
 
 
-def check_strategy(name: str) -> str:
+def build_strategy(trainer_cfg):
     """The Lightning strategy for `trainer.strategy`, or an error that lists the valid choices."""
-    check_choice("trainer.strategy", name, STRATEGIES)
-    if name == "fsdp":
-        raise ValueError(FSDP_UNSUPPORTED)
-    return name
+    check_choice("trainer.strategy", trainer_cfg.strategy, STRATEGIES)
+    if trainer_cfg.strategy == "fsdp":
+        return fsdp_strategy(trainer_cfg.devices, trainer_cfg.num_nodes)
+    return trainer_cfg.strategy
 
 
 def check_prompts_per_rank(prompts_per_step: int, world_size: int) -> None:
@@ -65,11 +60,19 @@ def check_prompts_per_rank(prompts_per_step: int, world_size: int) -> None:
                          "num_nodes); whole groups stay on one rank, so choose a multiple of the world size")
 
 
-def check_launch(world_size: int) -> None:
-    """Hydra multirun re-launched per rank would start the whole sweep on every rank: refuse it."""
+def check_launch(cfg, world_size: int) -> None:
+    """Combinations that cannot run, refused before any work: a Hydra multirun re-launched per rank would start
+    the whole sweep on every rank; vLLM starts its own torch.distributed group and reads whole weights."""
     if world_size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise ValueError("a data-parallel run (trainer.devices x trainer.num_nodes > 1) cannot be part of a Hydra "
                          "multirun (-m): Lightning relaunches the command for every rank. Start one run per command.")
+    if cfg.rollout.name == "vllm" and (world_size > 1 or cfg.trainer.strategy == "fsdp"):
+        raise ValueError("rollout=vllm runs in one process with the whole policy: vLLM starts its own "
+                         "torch.distributed group, which would take over Lightning's data-parallel one, and its weight "
+                         "push reads unsharded weights; use rollout=hf with trainer.strategy=ddp or fsdp")
+    if cfg.trainer.strategy == "fsdp" and cfg.model.get("lora", {}).get("enabled"):
+        raise ValueError("model.lora.enabled=true is not supported with trainer.strategy=fsdp: use "
+                         "trainer.strategy=ddp (the frozen base is replicated, only the adapters' gradients sync)")
 
 
 def rank_share(items: Sequence, rank: int, world_size: int) -> Sequence:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from methods import Objective, ScoredRollout
 from methods.grpo import group_advantages
@@ -34,6 +35,7 @@ from rlsd_lab.prompts import ANSWER_MARKER, PromptRenderer, reference_text
 from rlsd_lab.resume import CHECKPOINT_KEY, rng_state, set_rng_state
 from rlsd_lab.rollout import SamplingParams, build_engine
 from rlsd_lab.rollout.mismatch import logprob_mismatch, truncated_is_weights
+from rlsd_lab.sharding import full_value, gathered, is_sharded, shard_model
 from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.teacher import TeacherPass
 from rlsd_lab.timing import PhaseTimer
@@ -110,6 +112,15 @@ class RLModule(L.LightningModule):
     def optimizer_steps_per_rollout(self) -> int:
         return optimizer_steps_per_rollout(self.cfg)
 
+    def configure_model(self):
+        """trainer.strategy=fsdp: shards the policy and its frozen copies before Lightning builds the optimiser."""
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy) or is_sharded(self.model):
+            return
+        mesh = self.device_mesh["data_parallel"]
+        for model in (self.model, self.reference_model, self.teacher.frozen):
+            if model is not None:
+                shard_model(model, mesh)
+
     def configure_optimizers(self):
         optim = self.cfg.optim
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters only
@@ -123,9 +134,10 @@ class RLModule(L.LightningModule):
     def validate_policy(self) -> dict[str, float]:
         """Greedy accuracy on the validation set; data-parallel ranks each score a share and sum the counts."""
         problems = rank_share(self.val_problems, self.global_rank, self.trainer.world_size)
-        result = greedy_accuracy(self.engine, self.tokenizer, self.verifier, problems,
-                                 self.cfg.rollout.max_new_tokens, batch_size=self.cfg.train.val_batch_size,
-                                 prompts=self.prompts) if problems else {"accuracy": 0.0, "response_length": 0.0}
+        with gathered(self.model):
+            result = greedy_accuracy(self.engine, self.tokenizer, self.verifier, problems,
+                                     self.cfg.rollout.max_new_tokens, batch_size=self.cfg.train.val_batch_size,
+                                     prompts=self.prompts) if problems else {"accuracy": 0.0, "response_length": 0.0}
         if self.trainer.world_size > 1:  # the shares' means, weighted by their sizes
             totals = sum_over_ranks(torch.tensor([value * len(problems) for value in result.values()],
                                                  dtype=torch.float64, device=self.device))
@@ -173,7 +185,8 @@ class RLModule(L.LightningModule):
         rows = [p for p in problems for _ in range(self.cfg.rollout.group_size)]
         with timer.phase("rollout"):
             prompts = [self.prompts.ids(p) for p in problems]
-            rollout = self.engine.generate(prompts, self.sampling)
+            with gathered(self.model):
+                rollout = self.engine.generate(prompts, self.sampling)
         with timer.phase("verify"):
             texts = decode_responses(self.tokenizer, rollout)
             verdicts = self.verifier.score_batch(texts, rows)
@@ -214,7 +227,8 @@ class RLModule(L.LightningModule):
             inputs.advantages = inputs.advantages * truncated_is_weights(
                 inputs.old_logprobs, rollout.logprobs, self.cfg.rollout.tis_cap) * rollout.response_mask
         with timer.phase("update"):
-            update_metrics = self._update(rollout, inputs, measure_terms=diagnose)
+            # Per-term gradients are taken w.r.t. whole parameters, which FSDP only holds inside its hooks.
+            update_metrics = self._update(rollout, inputs, measure_terms=diagnose and not is_sharded(self.model))
         self.rollout_step += 1
 
         metrics = {**update_metrics, **teacher_metrics, **{f"train/{k}": v for k, v in advantage_metrics.items()}}
@@ -257,14 +271,15 @@ class RLModule(L.LightningModule):
         rows = groups.repeat_interleave(group_size).to(rollout.response_ids.device)
         teacher = self.teacher.weights(self.model, step)  # always called: a periodic copy re-syncs on schedule
         logprobs = rollout.logprobs.clone()
-        if not bool(groups.any()):
-            return logprobs, None
-        teacher_prompts = [self.prompts.ids(p, reference_text(p, mode))
-                           for p, keep in zip(problems, groups.tolist()) if keep]
-        selected, states = self.teacher.run(teacher, teacher_prompts,
-                                            rollout.response_ids[rows], group_size, self.tokenizer.pad_token_id,
-                                            self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size,
-                                            keep_hidden)
+        with gathered(teacher):  # fsdp: entered by every rank, also one without a group to score
+            if not bool(groups.any()):
+                return logprobs, None
+            teacher_prompts = [self.prompts.ids(p, reference_text(p, mode))
+                               for p, keep in zip(problems, groups.tolist()) if keep]
+            selected, states = self.teacher.run(teacher, teacher_prompts,
+                                                rollout.response_ids[rows], group_size, self.tokenizer.pad_token_id,
+                                                self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size,
+                                                keep_hidden)
         logprobs[rows] = selected
         return logprobs, states
 
@@ -275,14 +290,15 @@ class RLModule(L.LightningModule):
     @torch.no_grad()
     def _diagnostics(self, rollout, scored: ScoredRollout, teacher_states, rows, step) -> dict[str, float]:
         """On-policy teacher-student KL and a token-credit export, every `diagnostics.every` steps."""
-        length = rollout.response_ids.shape[1]
-        student_hidden = response_hidden(self.model, rollout.input_ids, rollout.attention_mask, length)
-        student_states = TeacherStates(student_hidden, self.model.get_output_embeddings())
-        metrics = {"train/teacher_student_kl": teacher_student_kl(
-            student_states, teacher_states, rollout.response_mask, self.cfg.rollout.temperature,
-            self.cfg.train.logprob_chunk_size)}
-        if self.cfg.diagnostics.credit_samples and self.global_rank == 0:  # one writer; rank 0's responses
-            self._export_credit(rollout, scored, student_states, teacher_states, rows, step)
+        with gathered(self.model, self.teacher.frozen):  # fsdp: rank 0 alone exports the credit
+            length = rollout.response_ids.shape[1]
+            student_hidden = response_hidden(self.model, rollout.input_ids, rollout.attention_mask, length)
+            student_states = TeacherStates(student_hidden, self.model.get_output_embeddings())
+            metrics = {"train/teacher_student_kl": teacher_student_kl(
+                student_states, teacher_states, rollout.response_mask, self.cfg.rollout.temperature,
+                self.cfg.train.logprob_chunk_size)}
+            if self.cfg.diagnostics.credit_samples and self.global_rank == 0:  # one writer; rank 0's responses
+                self._export_credit(rollout, scored, student_states, teacher_states, rows, step)
         return metrics
 
     def _export_credit(self, rollout, scored, student_states, teacher_states, rows, step) -> None:
@@ -322,7 +338,8 @@ class RLModule(L.LightningModule):
                     defer_sync=sync.deferred)
                 for name, value in step_sums.items():
                     sums[name] += value
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                grad_norm = float(full_value(norm))  # under fsdp the norm of the sharded gradient is a DTensor
                 sums["grad_norm"] += grad_norm
                 sums["lr"] += schedule.get_last_lr()[0]
                 if not self.guard.allows(step_sums["loss"], grad_norm, self.device):

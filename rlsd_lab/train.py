@@ -29,11 +29,12 @@ from analysis.run_summary import validation_curve, validation_summary
 from methods import build_objective
 from rlsd_lab.bootstrap import ensure_base_policy
 from rlsd_lab.choices import check_choice
-from rlsd_lab.distributed import check_launch, check_strategy
+from rlsd_lab.distributed import build_strategy, check_launch
 from rlsd_lab.models import has_adapter, load_model
 from rlsd_lab.module import RLModule, check_batch_config, optimizer_steps_per_rollout
 from rlsd_lab.resume import EpochBatchSampler, MetricsCSV, checkpoint_step, find_checkpoint
 from rlsd_lab.rollout import ENGINES
+from rlsd_lab.sharding import full_state_dict, is_sharded
 from rlsd_lab.tasks import build_task
 from rlsd_lab.verifiers.pool import VerifierPool
 
@@ -80,9 +81,9 @@ def build_verifier_pool(cfg, task, problems: list) -> VerifierPool:
 
 
 def build_trainer(cfg, run_dir: Path, resume_step: int | None = None) -> L.Trainer:
-    """`trainer.strategy=ddp` with `trainer.devices` x `trainer.num_nodes` ranks trains data parallel
-    (rlsd_lab/distributed.py). Every rank's loader yields the global batch and the module takes its share, hence
-    no distributed sampler.
+    """`trainer.strategy=ddp|fsdp` with `trainer.devices` x `trainer.num_nodes` ranks trains data parallel
+    (rlsd_lab/distributed.py; fsdp also shards the policy: rlsd_lab/sharding.py). Every rank's loader yields the
+    global batch and the module takes its share, hence no distributed sampler.
 
     Checkpoints every `train.checkpoint_every` steps, the latest `train.keep_checkpoints` kept (ranked by step;
     their names count optimiser steps), and `last.ckpt`, a link to the latest."""
@@ -92,7 +93,7 @@ def build_trainer(cfg, run_dir: Path, resume_step: int | None = None) -> L.Train
                                   save_top_k=cfg.train.keep_checkpoints, save_last="link",
                                   enable_version_counter=False)  # a resumed run overwrites, no `last-v1.ckpt`
     return L.Trainer(max_steps=cfg.trainer.max_steps * steps_per_rollout, accelerator=cfg.trainer.accelerator,
-                     strategy=check_strategy(cfg.trainer.strategy), devices=cfg.trainer.devices,
+                     strategy=build_strategy(cfg.trainer), devices=cfg.trainer.devices,
                      num_nodes=cfg.trainer.num_nodes, use_distributed_sampler=False, precision=cfg.trainer.precision,
                      logger=build_loggers(cfg, run_dir, resume_step), callbacks=[checkpoints],
                      enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
@@ -110,10 +111,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     resume_step = checkpoint_step(checkpoint) if checkpoint else None
     trainer = build_trainer(cfg, run_dir, resume_step)  # early: it knows this process's data-parallel rank
     check_batch_config(cfg, trainer.world_size)
-    check_launch(trainer.world_size)
-    if cfg.rollout.name == "vllm" and trainer.world_size > 1:
-        raise ValueError("rollout=vllm runs in one process only: vLLM starts its own torch.distributed group, which "
-                         "would take over Lightning's data-parallel one; use rollout=hf with trainer.strategy=ddp")
+    check_launch(cfg, trainer.world_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -143,6 +141,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         trainer.fit(module, loader, ckpt_path=checkpoint)
     finally:
         verifier.close()  # also when training stops with an error (Lightning then skips the module's teardown)
+    final_weights = full_state_dict(model) if is_sharded(model) else None  # fsdp: every rank takes part
     if not trainer.is_global_zero:
         return {}
     for logger in trainer.loggers:
@@ -152,7 +151,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         model.save_pretrained(run_dir / "final_adapter")
         tokenizer.save_pretrained(run_dir / "final_adapter")
         model = model.merge_and_unload()
-    model.save_pretrained(run_dir / "final_policy")
+    model.save_pretrained(run_dir / "final_policy", state_dict=final_weights)
     tokenizer.save_pretrained(run_dir / "final_policy")
     summary = summarize(run_dir / "metrics.csv", cfg, time.time() - started)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,7 +1,7 @@
-"""Data parallel (Lightning ddp, gloo, 2 CPU processes): the update of one process on the whole batch.
+"""Data parallel (Lightning ddp and fsdp, gloo, 2 CPU processes): the update of one process on the whole batch.
 
-Run as a script (`python tests/test_distributed.py OUT`), this file is the 2-rank job the first test starts:
-Lightning relaunches the same command for rank 1.
+Run as a script (`python tests/test_distributed.py OUT STRATEGY`), this file is the 2-rank job the first test
+starts: Lightning relaunches the same command for rank 1.
 """
 
 import dataclasses
@@ -14,12 +14,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from methods import build_objective
 from methods.policy_loss import AGGREGATIONS
 from rlsd_lab.distributed import rank_share
 from rlsd_lab.module import check_batch_config
 from rlsd_lab.rollout import RolloutBatch
+from rlsd_lab.sharding import fsdp_strategy, full_value
 from rlsd_lab.train import run
 from rlsd_lab.update import UpdateInputs, accumulate_policy_gradients
 from tests.test_end_to_end import FAST, compose_config
@@ -62,10 +64,11 @@ def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
 
 
 def flat_grad(model) -> torch.Tensor:
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
+    """The whole gradient (gathered from the ranks' shards under fsdp: every rank must call it)."""
+    return torch.cat([full_value(p.grad).flatten() for p in model.parameters()])
 
 
-def ddp_update_job(out: str) -> None:
+def data_parallel_update_job(out: str, strategy: str) -> None:
     """One training step per aggregation through RLModule._update on 2 ranks; rank 0 saves loss and gradient."""
     import lightning as L
 
@@ -94,12 +97,13 @@ def ddp_update_job(out: str) -> None:
                         [], [], out)
     module.batch, module.advantages = synthetic_batch(tokenizer)
     module.results = []
-    trainer = L.Trainer(accelerator="cpu", strategy="ddp", devices=WORLD, max_steps=len(AGGREGATIONS), logger=False,
+    trainer = L.Trainer(accelerator="cpu", strategy=fsdp_strategy(WORLD, 1) if strategy == "fsdp" else strategy,
+                        devices=WORLD, max_steps=len(AGGREGATIONS), logger=False,
                         enable_checkpointing=False, use_distributed_sampler=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.fit(module, torch.utils.data.DataLoader(range(len(AGGREGATIONS)), batch_size=1))
     if trainer.is_global_zero:
-        torch.save(module.results, Path(out) / "ddp_update.pt")
+        torch.save(module.results, Path(out) / "update.pt")
 
 
 def single_process_update(model, tokenizer, objective, aggregation, rows) -> tuple[float, torch.Tensor]:
@@ -110,16 +114,18 @@ def single_process_update(model, tokenizer, objective, aggregation, rows) -> tup
     return sums["loss"], flat_grad(model)
 
 
-def test_ddp_update_equals_the_single_process_update_on_the_whole_batch(tmp_path, tiny_model, tokenizer):
-    result = subprocess.run([sys.executable, __file__, str(tmp_path)], check=False, cwd=ROOT, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_data_parallel_update_equals_the_single_process_update_on_the_whole_batch(tmp_path, tiny_model, tokenizer,
+                                                                                   strategy):
+    result = subprocess.run([sys.executable, __file__, str(tmp_path), strategy], check=False, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
-    ddp = torch.load(tmp_path / "ddp_update.pt")
-    assert [r["aggregation"] for r in ddp] == list(AGGREGATIONS)
+    results = torch.load(tmp_path / "update.pt")
+    assert [r["aggregation"] for r in results] == list(AGGREGATIONS)
     cfg = compose_config(UPDATE)
     objective = build_objective(cfg.method, cfg.loss)
     everything = torch.arange(PROMPTS * GROUP)
-    for record in ddp:
+    for record in results:
         loss, grad = single_process_update(tiny_model, tokenizer, objective, record["aggregation"], everything)
         assert grad.abs().sum() > 0
         torch.testing.assert_close(record["grad"], grad, rtol=1e-4, atol=1e-6)
@@ -150,13 +156,46 @@ def test_ddp_run_of_the_entry_point_writes_one_set_of_results(tmp_path, model_di
     assert (run_dir / "summary.json").exists() and (run_dir / "final_policy" / "config.json").exists()
 
 
-def test_unsupported_strategies_and_uneven_shares_stop_at_start(tmp_path, model_dir):
-    cfg = compose_config(FAST + [f"model.path={model_dir}", "trainer.strategy=fsdp"])
-    with pytest.raises(ValueError, match="trainer.strategy=fsdp is not supported: FSDP shards the parameters"):
-        run(cfg, tmp_path / "run")
-    cfg = compose_config(FAST + [f"model.path={model_dir}", "trainer.strategy=deepspeed"])
+def run_entry_point(run_dir: Path, model_dir: Path, *overrides: str) -> pd.DataFrame:
+    command = [sys.executable, "-m", "rlsd_lab.train", f"model.path={model_dir}", f"hydra.run.dir={run_dir}", *FAST,
+               "threads=1", "verify.workers=0", *overrides]
+    result = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return pd.read_csv(run_dir / "metrics.csv")
+
+
+def test_fsdp_run_stopped_and_resumed_equals_the_ddp_run(tmp_path, model_dir):
+    """Every metric of 4 RLSD steps with a periodic teacher, a KL reference and diagnostics, and the final weights:
+    fsdp (2 ranks, stopped after step 2, resumed from its checkpoint) vs one uninterrupted ddp run."""
+    common = ["method=rlsd", "method.teacher.mode=periodic", "method.teacher.sync_every=2", "loss.kl_coef=0.01",
+              "rollout.max_new_tokens=12", "train.checkpoint_every=2", "diagnostics.every=2", f"trainer.devices={WORLD}",
+              "+task.verifier=tests.helpers.rewards:char_parity"]  # rewards that vary: updates that are not zero
+    ddp = run_entry_point(tmp_path / "ddp", model_dir, *common, "trainer.strategy=ddp", "trainer.max_steps=4")
+    for steps, resume in (("2", "null"), ("4", "auto")):
+        fsdp = run_entry_point(tmp_path / "fsdp", model_dir, *common, "trainer.strategy=fsdp",
+                               f"trainer.max_steps={steps}", f"resume={resume}")
+    assert fsdp["step"].tolist() == ddp["step"].tolist() == [0, 1, 2, 3, 4]
+    assert ddp["train/reward"].sum() > 0 and ddp["train/kl_ref"].iloc[-1] > 0  # an update that moves the policy
+    columns = [c for c in ddp.columns if not c.startswith(("time/", "perf/"))]
+    assert set(fsdp.columns) == set(ddp.columns)
+    pd.testing.assert_frame_equal(fsdp[columns], ddp[columns], rtol=1e-5, atol=1e-7)
+    ddp_weights = load_file(tmp_path / "ddp" / "final_policy" / "model.safetensors")
+    fsdp_weights = load_file(tmp_path / "fsdp" / "final_policy" / "model.safetensors")
+    assert fsdp_weights.keys() == ddp_weights.keys()
+    for name, tensor in ddp_weights.items():
+        torch.testing.assert_close(fsdp_weights[name], tensor, rtol=1e-5, atol=1e-7)
+
+
+def test_unsupported_combinations_and_uneven_shares_stop_at_start(tmp_path, model_dir):
     with pytest.raises(ValueError, match="unknown trainer.strategy 'deepspeed'; valid choices: auto, ddp, fsdp"):
-        run(cfg, tmp_path / "run")
+        run(compose_config(FAST + [f"model.path={model_dir}", "trainer.strategy=deepspeed"]), tmp_path / "run")
+    with pytest.raises(ValueError, match="model.lora.enabled=true is not supported with trainer.strategy=fsdp"):
+        run(compose_config(FAST + ["model=hf", f"model.path={model_dir}", "model.lora.enabled=true",
+                                   "trainer.strategy=fsdp"]), tmp_path / "run")
+    with pytest.raises(ValueError, match="rollout=vllm runs in one process with the whole policy"):
+        run(compose_config(FAST + [f"model.path={model_dir}", "rollout=vllm", "trainer.strategy=fsdp"]),
+            tmp_path / "run")
     with pytest.raises(ValueError, match="data.prompts_per_step=4 is the global number of prompts per step"):
         check_batch_config(compose_config(FAST), world_size=3)
     with pytest.raises(ValueError, match="8 responses on each of 2 ranks, which cannot be split into "
@@ -165,4 +204,4 @@ def test_unsupported_strategies_and_uneven_shares_stop_at_start(tmp_path, model_
 
 
 if __name__ == "__main__":
-    ddp_update_job(sys.argv[1])
+    data_parallel_update_job(sys.argv[1], sys.argv[2])
