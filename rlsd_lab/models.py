@@ -127,6 +127,10 @@ class AdapterDisabled:
     def __init__(self, policy):
         self.policy = policy
 
+    def __call__(self, *args, **kwargs):
+        with self.base():
+            return self.policy(*args, **kwargs)
+
     def get_decoder(self):
         decoder = self.policy.get_decoder()
 

@@ -1,13 +1,14 @@
 """Fully sharded data parallel (`trainer.strategy=fsdp`): PyTorch's FSDP2 (`fully_shard`) under Lightning's
 ModelParallelStrategy, on top of everything rlsd_lab/distributed.py does for `ddp`.
 
-Why FSDP2 and this sharding plan: besides the update's forward, the trainer calls the policy in many other ways:
-the rollout's decode loop, the decoder alone for hidden states, the output head on chunks of them (recomputed in
-backward), the teacher's KV-cached passes. FSDP1 gathers parameters only inside the wrapped root's forward, so
-those calls would see shards. FSDP2 gathers a unit's parameters in a pre-forward hook of the unit's own modules,
-wherever they are called from, and reduce-scatters their gradients after backward. So every module holding
-parameters is in a unit: one per decoder layer, and one for the modules outside the layers (input embedding,
-final norm, output head), grouped because a tied head shares its weight with the embedding.
+Why FSDP2 and this sharding plan: besides the update's forward, the trainer calls parts of the policy on their
+own: the decoder with a KV cache in the teacher pass, the output head on chunks of hidden states (recomputed in
+backward). FSDP gathers parameters in the pre-forward hooks of its units, and FSDP2 puts those hooks on each unit's
+own module, wherever it is called from. The plan is the usual one: one unit per decoder layer (each gathered
+for its own forward and backward) and the root unit for the rest (embedding, final norm, output head: a tied head
+is the embedding's weight). Every pass with gradients goes through the root's forward (`response_hidden` calls
+the whole model), which gathers the root's parameters and keeps them until the gradient is reduced, so the head
+chunks after it and in backward use whole weights. The passes without gradients run inside `gathered`.
 
 What else differs from ddp:
 - Gradients are reduce-scattered and averaged over ranks, so the loss is scaled by the world size as under DDP
@@ -50,31 +51,23 @@ def is_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def _outside_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Input embedding, final norm and output head, each once (a tied head is the embedding's weight)."""
-    modules: list[torch.nn.Module] = []
-    for module in (model.get_input_embeddings(), model.get_decoder().norm, model.get_output_embeddings()):
-        if all(module is not other for other in modules):
-            modules.append(module)
-    return modules
-
-
 def _set_resharding(model: torch.nn.Module) -> None:
-    """Layers shard again after each forward; the unit outside the layers stays gathered until its gradient is
-    reduced (or `gathered` ends), so the output head can run on any number of chunks without communicating."""
+    """Layers shard again after each forward. The root (embedding, final norm, output head) stays gathered after
+    its forward, so the output head can then project any number of chunks (also recomputed in backward), until
+    its gradient has been reduced at the end of backward, or `gathered` ends."""
     model.set_reshard_after_forward(True)
-    model.get_input_embeddings().set_reshard_after_forward(False, recurse=False)
+    model.set_reshard_after_forward(False, recurse=False)
 
 
 def shard_model(model: torch.nn.Module, mesh) -> None:
-    """Shards a transformers causal LM in place over the 1-D data-parallel `mesh` (the plan above)."""
+    """Shards a transformers causal LM in place over the 1-D data-parallel `mesh`: one unit per decoder layer,
+    and the root unit for the rest."""
     for layer in model.get_decoder().layers:
         fully_shard(layer, mesh=mesh)
-    fully_shard(_outside_layers(model), mesh=mesh)
     fully_shard(model, mesh=mesh)
     _set_resharding(model)
-    # FSDP2 takes the first unit to run forward as the root of all the others. The trainer may call the decoder
-    # first (an update without a rollout before it), so run one token through the whole model now.
+    # FSDP2 takes the first unit to run forward as the root of all the others: make it the root now, whatever
+    # the trainer calls first.
     with torch.no_grad():
         model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device), use_cache=False)
 
@@ -90,17 +83,19 @@ def gathered(*models) -> Iterator[None]:
     that are not sharded (and None) are passed over.
     """
     sharded = [model for model in models if is_sharded(model)]
-    units = [module for model in sharded for module in model.modules() if isinstance(module, FSDPModule)]
     for model in sharded:
+        # From the same state on every rank: sharded, and no record of earlier forward passes (FSDP's backward
+        # prefetching reads that record, so a decode loop's rank-dependent number of calls must not stay in it).
+        model.reset_iter_state()
         model.set_reshard_after_forward(False)
-    for unit in units:
-        unit.unshard()
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.unshard()
     try:
         yield
     finally:
-        for unit in units:
-            unit.reshard()
         for model in sharded:
+            model.reset_iter_state()
             _set_resharding(model)
 
 
