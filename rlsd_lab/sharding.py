@@ -1,14 +1,14 @@
 """Fully sharded data parallel (`trainer.strategy=fsdp`): PyTorch's FSDP2 (`fully_shard`) under Lightning's
 ModelParallelStrategy, on top of everything rlsd_lab/distributed.py does for `ddp`.
 
-Why FSDP2 and this sharding plan: besides the update's forward, the trainer calls parts of the policy on their
-own: the decoder with a KV cache in the teacher pass, the output head on chunks of hidden states (recomputed in
-backward). FSDP gathers parameters in the pre-forward hooks of its units, and FSDP2 puts those hooks on each unit's
-own module, wherever it is called from. The plan is the usual one: one unit per decoder layer (each gathered
-for its own forward and backward) and the root unit for the rest (embedding, final norm, output head: a tied head
-is the embedding's weight). Every pass with gradients goes through the root's forward (`response_hidden` calls
-the whole model), which gathers the root's parameters and keeps them until the gradient is reduced, so the head
-chunks after it and in backward use whole weights. The passes without gradients run inside `gathered`.
+Why this plan: besides the update's forward, the trainer calls parts of the policy on their own (the decoder with a
+KV cache in the teacher pass, the output head on chunks of hidden states, recomputed in backward), and FSDP
+gathers a unit's parameters only in the forward of that unit's own module. The plan is the usual FSDP2 one: one
+unit per decoder layer (gathered for its own forward and backward) and the root unit for the rest (embedding,
+final norm, output head; a tied head is the embedding's weight). Every pass with gradients goes through the
+root's forward (`response_hidden` calls the whole model), which gathers the root's parameters and keeps them
+until the gradient is reduced, so the head chunks after it and in backward use whole weights. The passes without
+gradients run inside `gathered`, on whole weights.
 
 What else differs from ddp:
 - Gradients are reduce-scattered and averaged over ranks, so the loss is scaled by the world size as under DDP
