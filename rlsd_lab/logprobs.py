@@ -36,14 +36,18 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int):
     """[B, T, H] last hidden states whose projections predict the last `response_length` tokens.
 
-    Through the whole model's forward, not the decoder's: under fsdp (rlsd_lab/sharding.py) that forward gathers
-    the embedding, final norm and head, which the chunks below then project with. Only the last position is
-    projected there (`logits_to_keep=1`); the last of the hidden states is the normalised one. No KV cache: a
-    scoring pass never reuses one, and gradient checkpointing drops it (with a warning) anyway.
+    With gradients, through the whole model's forward: under fsdp (rlsd_lab/sharding.py) that forward gathers the
+    embedding, final norm and head, which the chunks below then project with. It projects only the last position
+    (`logits_to_keep=1`), and collecting the layer outputs costs no memory: backward keeps them anyway. Without
+    gradients they would pile up, so the decoder alone runs (under fsdp inside `gathered`). No KV cache: a scoring
+    pass never reuses one, and gradient checkpointing drops it (with a warning) anyway.
     """
-    hidden = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask), use_cache=False, output_hidden_states=True,
-                   logits_to_keep=1).hidden_states[-1]
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+              "position_ids": position_ids_from_mask(attention_mask), "use_cache": False}
+    if torch.is_grad_enabled():
+        hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]  # the normalised one
+    else:
+        hidden = model.get_decoder()(**inputs).last_hidden_state
     return hidden[:, -response_length - 1:-1]  # the state at t-1 predicts token t
 
 
