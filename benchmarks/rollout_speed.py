@@ -60,7 +60,7 @@ def main() -> None:
     model.generation_config.eos_token_id = None
     problems = ArithTask().problems("train", args.prompts, seed=0)
     prompts = [tokenizer.encode(render_prompt(p.question), add_special_tokens=False) for p in problems]
-    engine = HFRolloutEngine(model, tokenizer.pad_token_id, eos_id=-1, seed=0)  # eos disabled: fixed length
+    engine = HFRolloutEngine(model, tokenizer.pad_token_id, stop_ids=[], seed=0)  # no stop: fixed length
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p,
                             n=args.group_size)
     ids, mask = left_pad([p for p in prompts for _ in range(args.group_size)], tokenizer.pad_token_id)

@@ -146,7 +146,7 @@ def train_base_policy(model_cfg, task_cfg, out_dir: Path) -> dict:
     task = build_task(task_cfg)
     tokenizer = build_char_tokenizer()
     model = build_tiny_qwen2(tokenizer, OmegaConf.to_container(model_cfg.architecture))
-    engine = HFRolloutEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    engine = HFRolloutEngine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id])
     verifier = build_verifier(task_cfg.name)
     eval_problems = task.problems("val", cfg.eval_size, seed=cfg.seed + 1)
     band = tuple(cfg.target_accuracy)

@@ -92,7 +92,7 @@ class RLModule(L.LightningModule):
         self.objective, self.verifier = objective, verifier
         self.train_problems, self.val_problems = train_problems, val_problems
         self.automatic_optimization = False
-        self.prompts = PromptRenderer(cfg.model.prompt_format, tokenizer)
+        self.prompts = PromptRenderer(cfg.model.prompt_format, tokenizer, cfg.model.get("chat_template_options"))
         self.engine = build_engine(cfg.rollout.name, model, tokenizer, seed=cfg.seed + rank,
                                    **cfg.rollout.get("engine", {}))
         self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,

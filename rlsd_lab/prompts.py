@@ -52,20 +52,22 @@ PROMPT_FORMATS = ("plain", "chat")
 
 class PromptRenderer:
     """Renders student (`reference=""`) and teacher prompts in one `format`: `plain` (the embedded template)
-    or `chat` (the tokenizer's chat template, for real instruction-tuned models)."""
+    or `chat` (the tokenizer's chat template, for real instruction-tuned models). `template_options` are the
+    chat template's own variables (`model.chat_template_options`, e.g. Qwen3's `enable_thinking: false`)."""
 
-    def __init__(self, format: str, tokenizer):
+    def __init__(self, format: str, tokenizer, template_options: dict | None = None):
         check_choice("prompt format", format, PROMPT_FORMATS)
         if format == "chat" and not getattr(tokenizer, "chat_template", None):
             raise ValueError("model.prompt_format=chat needs a tokenizer with a chat template")
         self.format, self.tokenizer = format, tokenizer
+        self.template_options = dict(template_options or {})
 
     def text(self, problem: Problem, reference: str = "") -> str:
         """The prompt of `problem`; the teacher's when a `reference` is given. In the plain format a chat row
         is reduced to its last user turn (`problem.question`)."""
         if self.format == "chat":
             return self.tokenizer.apply_chat_template(chat_messages(problem, reference), tokenize=False,
-                                                      add_generation_prompt=True)
+                                                      add_generation_prompt=True, **self.template_options)
         return render_prompt(problem.question, reference)
 
     def ids(self, problem: Problem, reference: str = "") -> list[int]:

@@ -53,3 +53,13 @@ def test_chat_rows_keep_their_messages_and_the_teacher_block_goes_to_the_last_us
     assert teacher == student.replace("What is 2+3?", "What is 2+3?" + CHAT_REFERENCE_BLOCK.format(reference="5"))
     assert problem.messages[-1]["content"] == "What is 2+3?"  # the row itself is not modified
     assert PromptRenderer("plain", chat_tokenizer).text(problem) == "Q:What is 2+3?\n"
+
+
+def test_chat_template_options_reach_the_template(chat_tokenizer):
+    """Qwen3's template reads `enable_thinking`; here a template with a variable of its own."""
+    chat_tokenizer.chat_template = CHAT_TEMPLATE + "{% if not enable_thinking %}{{ '<think></think>' }}{% endif %}"
+    problem = Problem("q", "What is 2+3?", "5")
+    quiet = PromptRenderer("chat", chat_tokenizer, {"enable_thinking": False})
+    assert quiet.text(problem).endswith("<|assistant|><think></think>")
+    assert quiet.text(problem, "5").endswith("<|assistant|><think></think>")  # the teacher's too
+    assert PromptRenderer("chat", chat_tokenizer, {"enable_thinking": True}).text(problem).endswith("<|assistant|>")

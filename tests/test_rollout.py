@@ -1,7 +1,7 @@
 import torch
 
 from rlsd_lab.logprobs import response_logprobs
-from rlsd_lab.rollout import SamplingParams, build_engine
+from rlsd_lab.rollout import SamplingParams, build_engine, stop_token_ids
 from rlsd_lab.rollout.sampling import sample_next_token
 
 
@@ -71,3 +71,23 @@ def test_chunked_logprobs_equal_unchunked(tiny_model, tokenizer):
     torch.testing.assert_close(chunked, whole)
     torch.testing.assert_close(entropy_chunked, entropy_whole)
     assert whole.requires_grad  # under autograd the chunks are checkpointed, not detached
+
+
+def test_every_eos_id_of_the_generation_config_ends_a_response(tiny_model, tokenizer):
+    """Chat models end a turn with a token of their generation config (Llama 3 Instruct: <|eot_id|>)."""
+    ids = prompts(tokenizer)[:1]
+    sampling = SamplingParams(max_new_tokens=12)  # seeded: the same draws up to the stop
+    batch = build_engine("hf", tiny_model, tokenizer, seed=0).generate(ids, sampling)
+    free = batch.response_ids[0, :int(batch.response_mask[0].sum())].tolist()
+    position = next(i for i in range(1, len(free)) if free[i] not in free[:i])  # a token first drawn at step i
+    end_of_turn = free[position]
+    original = tiny_model.generation_config.eos_token_id
+    tiny_model.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
+    try:
+        assert stop_token_ids(tiny_model, tokenizer) == [tokenizer.eos_token_id, end_of_turn]
+        batch = build_engine("hf", tiny_model, tokenizer, seed=0).generate(ids, sampling)
+    finally:
+        tiny_model.generation_config.eos_token_id = original
+    assert batch.response_ids[0].tolist() == free[:position + 1]
+    assert bool(batch.finished[0]) and int(batch.response_mask[0].sum()) == position + 1
+    assert stop_token_ids(tiny_model, tokenizer) == [tokenizer.eos_token_id]  # the same id twice counts once

@@ -114,6 +114,24 @@ def test_greedy_decoding_matches_the_hf_engine(engine, policy):
 
 
 @requires_vllm
+def test_every_eos_id_of_the_generation_config_ends_a_response(policy):
+    """As in the HF engine (tests/test_rollout.py): chat models end a turn with a generation-config eos id."""
+    model, tokenizer, prompts = policy
+    params = SamplingParams(max_new_tokens=16)
+    free = build_engine("vllm", model, tokenizer, seed=5, **ENGINE_OPTIONS).generate(prompts[:1], params)
+    tokens = free.response_ids[0, :int(free.response_mask[0].sum())].tolist()
+    position = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])  # first drawn at step i
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokens[position]]
+    try:
+        batch = build_engine("vllm", model, tokenizer, seed=5, **ENGINE_OPTIONS).generate(prompts[:1], params)
+    finally:
+        model.generation_config.eos_token_id = original
+    assert batch.response_ids[0].tolist() == tokens[:position + 1]
+    assert bool(batch.finished[0]) and int(batch.response_mask[0].sum()) == position + 1
+
+
+@requires_vllm
 def test_same_seed_same_samples(policy):
     model, tokenizer, prompts = policy
     params = SamplingParams(max_new_tokens=16, n=4)

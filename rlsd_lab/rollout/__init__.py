@@ -21,10 +21,22 @@ def vllm_engine(*args, **kwargs) -> RolloutEngine:
 ENGINES = {"hf": HFRolloutEngine, "vllm": vllm_engine}
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a response: the tokenizer's eos and every eos id of the model's generation config.
+
+    Chat models often end a turn with a token other than the tokenizer's eos (Llama 3 Instruct: `<|eot_id|>`
+    next to `<|end_of_text|>`; Qwen2.5 Instruct: `<|im_end|>` next to `<|endoftext|>`), and list them all there.
+    """
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
 def build_engine(name: str, model, tokenizer, seed: int, **options) -> RolloutEngine:
     """`options`: the engine's own settings (`rollout.engine` in conf/rollout/vllm.yaml)."""
     check_choice("rollout engine", name, sorted(ENGINES))
-    return ENGINES[name](model, tokenizer.pad_token_id, tokenizer.eos_token_id, seed=seed, **options)
+    return ENGINES[name](model, tokenizer.pad_token_id, stop_token_ids(model, tokenizer), seed=seed, **options)
 
 
-__all__ = ["ENGINES", "RolloutBatch", "RolloutEngine", "SamplingParams", "build_engine"]
+__all__ = ["ENGINES", "RolloutBatch", "RolloutEngine", "SamplingParams", "build_engine", "stop_token_ids"]

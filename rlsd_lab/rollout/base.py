@@ -33,9 +33,9 @@ class RolloutBatch:
     prompt_ids: torch.Tensor  # [B, P] long
     prompt_mask: torch.Tensor  # [B, P] long
     response_ids: torch.Tensor  # [B, T] long
-    response_mask: torch.Tensor  # [B, T] float, 1 up to and including eos
+    response_mask: torch.Tensor  # [B, T] float, 1 up to and including the stop token (eos)
     logprobs: torch.Tensor  # [B, T] float
-    finished: torch.Tensor  # [B] bool, True when eos was produced within max_new_tokens
+    finished: torch.Tensor  # [B] bool, True when a stop token was produced within max_new_tokens
 
     @property
     def input_ids(self) -> torch.Tensor:

@@ -8,6 +8,8 @@ model notices. Distinct prompts are prefilled once and their cache repeated for 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import PreTrainedModel
 
@@ -27,8 +29,10 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 
 class HFRolloutEngine(RolloutEngine):
-    def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int, seed: int = 0):
-        self.model, self.pad_id, self.eos_id = model, pad_id, eos_id
+    def __init__(self, model: PreTrainedModel, pad_id: int, stop_ids: Sequence[int], seed: int = 0):
+        """`stop_ids`: the tokens that end a response (`stop_token_ids`); empty: every response runs to the limit."""
+        self.model, self.pad_id = model, pad_id
+        self.stop_ids = torch.tensor(list(stop_ids), dtype=torch.long)
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
@@ -47,6 +51,7 @@ class HFRolloutEngine(RolloutEngine):
                             position_ids=positions, past_key_values=cache, use_cache=True,
                             logits_to_keep=1).logits[:, -1].repeat_interleave(params.n, 0)
         finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+        stop_ids = self.stop_ids.to(device)
         next_position = positions[:, -1:].repeat_interleave(params.n, 0) + 1
         attention = mask
         tokens, logprobs, alive = [], [], []
@@ -55,7 +60,7 @@ class HFRolloutEngine(RolloutEngine):
             alive.append(~finished)
             tokens.append(token.masked_fill(finished, self.pad_id))
             logprobs.append(logprob.masked_fill(finished, 0.0))
-            finished = finished | (token == self.eos_id)
+            finished = finished | torch.isin(token, stop_ids)
             if bool(finished.all()):
                 break
             if padded:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from vllm import LLM
@@ -59,11 +59,11 @@ class VLLMRolloutEngine(RolloutEngine):
     `gpu_memory_utilization`, GPU only; on CPU that fraction would be of all RAM), `dtype` null runs vLLM in the
     trainer's weights dtype, `sleep` enables sleep mode where the platform has it."""
 
-    def __init__(self, model, pad_id: int, eos_id: int, seed: int = 0, *, kv_cache_gib: float | None = 1.0,
+    def __init__(self, model, pad_id: int, stop_ids: Sequence[int], seed: int = 0, *, kv_cache_gib: float | None = 1.0,
                  gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
                  max_num_seqs: int | None = None, enforce_eager: bool = True, dtype: str | None = None,
                  sleep: bool = True):
-        self.model, self.pad_id, self.eos_id = model, pad_id, eos_id
+        self.model, self.pad_id, self.stop_ids = model, pad_id, list(stop_ids)
         self.generator = torch.Generator().manual_seed(seed)
         self.sleep_enabled = sleep and current_platform.is_sleep_mode_available()
         self.asleep: set[str] = set()  # vLLM memory tags ("weights", "kv_cache") released by sleep
@@ -107,7 +107,7 @@ class VLLMRolloutEngine(RolloutEngine):
         # from the trainer process's global RNG.
         seeds = torch.randint(2**31 - 1, (len(rows),), generator=self.generator).tolist()
         sampling = [VLLMSamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
-                                       logprobs=0, stop_token_ids=[self.eos_id],
+                                       logprobs=0, stop_token_ids=self.stop_ids,
                                        seed=None if params.greedy else seed) for seed in seeds]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in rows], sampling, use_tqdm=False)
         if self.sleep_enabled:
@@ -135,7 +135,7 @@ class VLLMRolloutEngine(RolloutEngine):
             logprobs[row, :len(tokens)] = torch.tensor([step[token].logprob
                                                         for step, token in zip(completion.logprobs, tokens)])
             response_mask[row, :len(tokens)] = 1.0
-        finished = torch.tensor([len(c.token_ids) > 0 and c.token_ids[-1] == self.eos_id for c in completions])
+        finished = torch.tensor([len(c.token_ids) > 0 and c.token_ids[-1] in self.stop_ids for c in completions])
         device = next(self.model.parameters()).device
         return RolloutBatch(prompt_ids=prompt_ids.to(device), prompt_mask=prompt_mask.to(device),
                             response_ids=response_ids.to(device), response_mask=response_mask.to(device),
