@@ -305,7 +305,9 @@ class RLModule(L.LightningModule):
         """Writes the credit of a few responses, preferring those with A != 0 (the others get no credit)."""
         credit = objective_credit(self.objective, scored, step, student_states, teacher_states,
                                   rollout.response_ids, self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size)
-        sequence_advantages = group_advantages(scored.rewards, scored.group_size)
+        # The run's own group normalisation (Dr. GRPO: scale_by_std=false); OPSD has none, the default is shown.
+        sequence_advantages = group_advantages(scored.rewards, scored.group_size,
+                                               self.cfg.method.get("scale_by_std", True))
         order = torch.argsort((sequence_advantages == 0).int(), stable=True)
         sample = order[:self.cfg.diagnostics.credit_samples].tolist()
         lengths = rollout.response_lengths().long()

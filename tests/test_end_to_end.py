@@ -93,6 +93,17 @@ def test_teacher_methods_train_end_to_end(tmp_path, model_dir, method):
         assert {"train/grad_norm/grpo", "train/grad_norm/opsd"} <= set(metrics.columns)
 
 
+def test_credit_export_shows_the_runs_own_advantage(tmp_path, model_dir):
+    """Dr. GRPO (scale_by_std=false): the exported `advantage` is R - mean_G, the credit GRPO gives every token."""
+    cfg = compose_config(FAST + [f"model.path={model_dir}", "trainer.max_steps=1", "diagnostics.every=1",
+                                 "method.scale_by_std=false", "+task.verifier=tests.helpers.rewards:char_parity"])
+    run(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "token_credit.jsonl").read_text().splitlines()]
+    assert any(r["advantage"] != 0 for r in records)
+    for record in records:
+        assert record["credit"] == pytest.approx([record["advantage"]] * len(record["credit"]), abs=1e-6)
+
+
 def test_hybrid_without_beta_h_stops_with_a_message(tmp_path, model_dir):
     cfg = compose_config(FAST + [f"model.path={model_dir}", "method=hybrid"])
     with pytest.raises(ValueError, match="needs method.beta_h"):
