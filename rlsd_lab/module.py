@@ -226,7 +226,9 @@ class RLModule(L.LightningModule):
             # homogeneous in the advantage, so scaling A_t by w_t >= 0 scales each token's policy-gradient term by w_t.
             inputs.advantages = inputs.advantages * truncated_is_weights(
                 inputs.old_logprobs, rollout.logprobs, self.cfg.rollout.tis_cap) * rollout.response_mask
-        with timer.phase("update"):
+        # fsdp: a frozen teacher's head projects its hidden states inside the loss (full-vocabulary divergences)
+        frozen_head = self.teacher.frozen if self.objective.token_divergence is not None else None
+        with timer.phase("update"), gathered(frozen_head):
             # Per-term gradients are taken w.r.t. whole parameters, which FSDP only holds inside its hooks.
             update_metrics = self._update(rollout, inputs, measure_terms=diagnose and not is_sharded(self.model))
         self.rollout_step += 1
@@ -328,30 +330,27 @@ class RLModule(L.LightningModule):
         rows = rollout.response_ids.shape[0]
         sums: dict[str, float] = defaultdict(float)
         skipped = 0
-        # fsdp: a frozen teacher's head projects its hidden states inside the loss (full-vocabulary divergences)
-        frozen_head = self.teacher.frozen if self.objective.token_divergence is not None else None
-        with gathered(frozen_head):
-            for _ in range(cfg.ppo_epochs):
-                shuffle = cfg.mini_batches > 1
-                order = torch.randperm(rows, generator=self.shuffle_generator) if shuffle else torch.arange(rows)
-                for mini in order.chunk(cfg.mini_batches):
-                    optimizer.zero_grad()
-                    step_sums = accumulate_policy_gradients(
-                        self.model, self.objective, rollout, inputs, mini, self.cfg.loss.aggregation,
-                        self.cfg.rollout.max_new_tokens, cfg.micro_batch_size, self.cfg.rollout.temperature,
-                        cfg.logprob_chunk_size, backward=sync.backward, measure_terms=measure_terms,
-                        defer_sync=sync.deferred)
-                    for name, value in step_sums.items():
-                        sums[name] += value
-                    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                    grad_norm = float(full_value(norm))  # under fsdp the norm of the sharded gradient is a DTensor
-                    sums["grad_norm"] += grad_norm
-                    sums["lr"] += schedule.get_last_lr()[0]
-                    if not self.guard.allows(step_sums["loss"], grad_norm, self.device):
-                        skipped += 1
-                        optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient alone
-                    optimizer.step()  # also when skipped, so that Lightning counts it (rlsd_lab/guards.py)
-                    schedule.step()
+        for _ in range(cfg.ppo_epochs):
+            shuffle = cfg.mini_batches > 1
+            order = torch.randperm(rows, generator=self.shuffle_generator) if shuffle else torch.arange(rows)
+            for mini in order.chunk(cfg.mini_batches):
+                optimizer.zero_grad()
+                step_sums = accumulate_policy_gradients(
+                    self.model, self.objective, rollout, inputs, mini, self.cfg.loss.aggregation,
+                    self.cfg.rollout.max_new_tokens, cfg.micro_batch_size, self.cfg.rollout.temperature,
+                    cfg.logprob_chunk_size, backward=sync.backward, measure_terms=measure_terms,
+                    defer_sync=sync.deferred)
+                for name, value in step_sums.items():
+                    sums[name] += value
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                grad_norm = float(full_value(norm))  # under fsdp the norm of the sharded gradient is a DTensor
+                sums["grad_norm"] += grad_norm
+                sums["lr"] += schedule.get_last_lr()[0]
+                if not self.guard.allows(step_sums["loss"], grad_norm, self.device):
+                    skipped += 1
+                    optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient alone
+                optimizer.step()  # also when skipped, so that Lightning counts it (rlsd_lab/guards.py)
+                schedule.step()
         self.engine.sync_weights(self.model)  # the next rollouts and validation sample from the updated policy
         metrics = {f"train/{name}": total / self.optimizer_steps_per_rollout for name, total in sums.items()}
         return metrics | {"train/skipped_updates": float(skipped),
