@@ -1,13 +1,27 @@
-"""Builds the embedded base policy: a tiny Qwen2 trained from scratch by supervised learning, cached on disk.
+"""Builds the embedded base policy: a tiny Qwen2 trained from scratch, whose privileged teacher is strong and whose
+student is weak, proven on the validation split before it is cached.
 
-The run stops as soon as held-out greedy accuracy enters `target_accuracy` (default 30-60%), leaving room for RL.
-The same model later serves as its own teacher when shown a reference, so a share of the training prompts
-(`reference_share`) carry a reference block in exactly the teacher-prompt format. Of those, a share
-(`shortcut_share`, default 0.3) take the shortcut the reference allows, as real models shown a reference do:
-`direct` states the answer without the steps, `cite` opens with the citation marker `@ref` before the steps.
-`shortcut_share` is the knob that OPSD leakage studies sweep (0 is the control).
+Why two phases. The same model is the student (no reference) and its own teacher (a reference block in the
+prompt), and OPSD/RLSD only make sense if the teacher knows much more than the student. Trained on one mix of
+student and teacher prompts, a tiny model learns to solve the sum and to read the block at the same pace, so by
+the time the teacher is good the student is too (../shared/docs/testbed-notes.md). Hence:
 
-The cache directory is keyed by a hash of everything that shapes the model, so a changed config rebuilds it.
+1. **Read the block** (`read_phase`): teacher prompts only, the `answer` or `solution` reference half each,
+   until the teacher meets both bars (`teacher_bars`) on the monitoring problems.
+2. **Solve a little** (`solve_phase`): a share `student_share` of student prompts joins, at `lr_scale` times the
+   learning rate, until student greedy accuracy enters `target_accuracy` (room for RL) while the teacher still
+   meets its bars, on the monitoring problems *and then* on the RL runs' validation split (`task.val_size`
+   problems, seed 0), the record written into `bootstrap.json` under `premise`.
+
+The build fails, naming the bar and the value reached, when the budget (`max_steps`) runs out first.
+
+Shortcuts stay a knob, measured apart from accuracy: a share `shortcut_share` of teacher-prompt examples take
+the shortcut a reference allows (`direct`: the answer without steps; `cite`: the citation marker `@ref` before
+the steps), as real models shown a reference do. The premise record gives how often the greedy teacher takes
+one (`*_shortcut_rate`): a shortcut with the correct number is counted correct, and is still a leak.
+
+The cache directory is keyed by a hash of everything that shapes the model; a cached model without a premise
+record that meets the bars (an older recipe) is rebuilt.
 """
 
 from __future__ import annotations
@@ -21,11 +35,12 @@ import shutil
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
 from rlsd_lab.choices import unknown_choice
+from rlsd_lab.diagnostics import shows_leakage
 from rlsd_lab.evaluation import greedy_accuracy
 from rlsd_lab.models import build_tiny_qwen2, count_parameters
 from rlsd_lab.prompts import ANSWER_MARKER, CITATION_MARKER, REFERENCE_MODES, reference_text, render_prompt
@@ -37,8 +52,9 @@ from rlsd_lab.verifiers import build_verifier
 
 log = logging.getLogger(__name__)
 # Bump when the bootstrap recipe changes in a way the config does not capture, so old caches are not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 SHORTCUT_STYLES = ("direct", "cite")
+PROMPTS = ("student", "teacher_answer", "teacher_solution")  # the three greedy accuracies of the premise
 
 
 def cache_root() -> Path:
@@ -53,6 +69,11 @@ def shortcut_response(problem: Problem, style: str) -> str:
     raise unknown_choice("shortcut style", style, SHORTCUT_STYLES)
 
 
+def is_shortcut(text: str) -> bool:
+    """A response that took a reference shortcut: it cites `@ref` or states the answer before any step."""
+    return shows_leakage(text, [CITATION_MARKER], ANSWER_MARKER, answer_first=True)
+
+
 def supervised_example(problem: Problem, rng: random.Random, reference_share: float, shortcut_share: float,
                        shortcut_styles: list[str]) -> tuple[str, str]:
     """(prompt, target): a student prompt with the full solution, or a teacher prompt, sometimes with a shortcut."""
@@ -64,72 +85,118 @@ def supervised_example(problem: Problem, rng: random.Random, reference_share: fl
     return prompt, problem.solution
 
 
-class SupervisedStream(torch.utils.data.IterableDataset):
-    """Endless right-padded batches of supervised examples; loss only on target tokens (labels -100 elsewhere)."""
-
-    def __init__(self, task, tokenizer, cfg, seed: int):
-        self.task, self.tokenizer, self.cfg, self.seed = task, tokenizer, cfg, seed
-
-    def __iter__(self):
-        rng = random.Random(f"bootstrap-{self.seed}")
-        pool = self.task.problems("train", self.cfg.train_pool, seed=self.seed)
-        while True:
-            examples = [supervised_example(rng.choice(pool), rng, self.cfg.reference_share,
-                                           self.cfg.shortcut_share, self.cfg.shortcut_styles)
-                        for _ in range(self.cfg.batch_size)]
-            yield self._collate(examples)
-
-    def _collate(self, examples: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)
-        rows = [(encode(prompt), encode(target) + [self.tokenizer.eos_token_id]) for prompt, target in examples]
-        width = max(len(p) + len(t) for p, t in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (prompt, target) in enumerate(rows):
-            n = len(prompt) + len(target)
-            ids[i, :n] = torch.tensor(prompt + target)
-            labels[i, len(prompt):n] = torch.tensor(target)
-            mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+def collate(tokenizer, examples: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Right-padded batch; the loss sees only target tokens (labels -100 on prompt and padding)."""
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+    rows = [(encode(prompt), encode(target) + [tokenizer.eos_token_id]) for prompt, target in examples]
+    width = max(len(p) + len(t) for p, t in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (prompt, target) in enumerate(rows):
+        n = len(prompt) + len(target)
+        ids[i, :n] = torch.tensor(prompt + target)
+        labels[i, len(prompt):n] = torch.tensor(target)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-class SupervisedModule(L.LightningModule):
-    def __init__(self, model, lr: float, warmup_steps: int):
-        super().__init__()
-        self.model, self.lr, self.warmup_steps = model, lr, warmup_steps
+def premise_failures(premise: dict, cfg) -> list[str]:
+    """The bars `premise` (greedy accuracies by prompt) misses, in words; empty when the premise holds."""
+    low, high = cfg.target_accuracy
+    failures = []
+    if not low <= premise["student"] <= high:
+        failures.append(f"student accuracy {premise['student']:.3f} outside model.bootstrap.target_accuracy "
+                        f"[{low}, {high}]")
+    for mode, bar in cfg.teacher_bars.items():
+        reached = premise[f"teacher_{mode}"]
+        if reached < bar:
+            failures.append(f"teacher accuracy with the {mode} reference {reached:.3f} below "
+                            f"model.bootstrap.teacher_bars.{mode}={bar}")
+    return failures
 
-    def training_step(self, batch, batch_idx):
-        loss = self.model(**batch).loss
-        self.log("sft/loss", loss, prog_bar=True)
-        return loss
 
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.0)
-        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / self.warmup_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+class PremiseJudge:
+    """Greedy accuracy of student and teacher prompts on fixed problems, and whether they meet the bars."""
+
+    def __init__(self, engine, tokenizer, verifier, cfg):
+        self.engine, self.tokenizer, self.verifier, self.cfg = engine, tokenizer, verifier, cfg
+
+    def measure(self, problems: list[Problem], prompts=PROMPTS) -> dict[str, float]:
+        results = {}
+        for name in prompts:
+            mode = name.removeprefix("teacher_") if name != "student" else None
+            result = greedy_accuracy(self.engine, self.tokenizer, self.verifier, problems, self.cfg.max_new_tokens,
+                                     reference_mode=mode, leakage=is_shortcut)
+            results[name] = result["accuracy"]
+            results[f"{name}_shortcut_rate"] = result["leakage_rate"]
+        return results
+
+    def teacher_ready(self, measured: dict[str, float]) -> bool:
+        return all(measured[f"teacher_{mode}"] >= bar for mode, bar in self.cfg.teacher_bars.items())
 
 
-class StopInAccuracyBand(L.Callback):
-    """Every `every` steps measures greedy accuracy; stops training once it reaches the band's lower edge."""
-
-    def __init__(self, evaluate, every: int, band: tuple[float, float]):
-        self.evaluate, self.every, self.band = evaluate, every, band
-        self.history: list[tuple[int, float]] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if step % self.every:
-            return
-        accuracy = self.evaluate()
-        self.history.append((step, accuracy))
-        pl_module.log("sft/val_accuracy", accuracy, prog_bar=True)
-        log.info("bootstrap step=%d val_accuracy=%.3f", step, accuracy)
-        if accuracy >= self.band[0]:
-            if accuracy > self.band[1]:
-                log.warning("bootstrap overshot the band %s: accuracy %.3f at step %d; lower lr or eval more often",
-                            self.band, accuracy, step)
-            trainer.should_stop = True
+def train_base_policy(model_cfg, task_cfg, out_dir: Path) -> dict:
+    """Trains, proves and saves the base policy into `out_dir`; returns the record written as bootstrap.json."""
+    cfg = model_cfg.bootstrap
+    torch.manual_seed(cfg.seed)
+    task = build_task(task_cfg)
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_qwen2(tokenizer, OmegaConf.to_container(model_cfg.architecture))
+    judge = PremiseJudge(HFRolloutEngine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id]), tokenizer,
+                         build_verifier(task_cfg.name), cfg)
+    monitor = task.problems("val", cfg.eval_size, seed=cfg.seed + 1)
+    validation = task.problems("val", task_cfg.val_size, seed=0)  # the RL runs' validation set (rlsd_lab/train.py)
+    pool = task.problems("train", cfg.train_pool, seed=cfg.seed)
+    rng = random.Random(f"bootstrap-{cfg.seed}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    phase, history, premise, started = "read", [], None, time.time()
+    model.train()
+    progress = tqdm(range(1, cfg.max_steps + 1), desc="base policy", unit="step", mininterval=2.0)
+    for step in progress:
+        reference_share = 1.0 if phase == "read" else 1.0 - cfg.student_share
+        lr = cfg.lr * min(1.0, step / cfg.warmup_steps) * (1.0 if phase == "read" else cfg.lr_scale)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        examples = [supervised_example(rng.choice(pool), rng, reference_share, cfg.shortcut_share,
+                                       cfg.shortcut_styles) for _ in range(cfg.batch_size)]
+        loss = model(**collate(tokenizer, examples)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        loss = loss.item()
+        if step % cfg.eval_every:
+            continue
+        model.eval()
+        measured = judge.measure(monitor, prompts=PROMPTS[1:] if phase == "read" else PROMPTS)
+        history.append({"step": step, "phase": phase, "loss": round(loss, 4), **measured})
+        progress.set_postfix({"phase": phase, **{k: f"{v:.2f}" for k, v in measured.items() if k in PROMPTS}})
+        log.info("bootstrap step=%d phase=%s loss=%.4f %s", step, phase, loss,
+                 " ".join(f"{k}={v:.3f}" for k, v in measured.items()))
+        if phase == "read" and judge.teacher_ready(measured):
+            phase = "solve"
+        elif phase == "solve" and not premise_failures(measured, cfg):
+            confirmed = judge.measure(validation)
+            log.info("bootstrap step=%d on the validation split (%d problems): %s", step, len(validation),
+                     " ".join(f"{k}={v:.3f}" for k, v in confirmed.items()))
+            if not premise_failures(confirmed, cfg):
+                premise = {**confirmed, "problems": len(validation), "step": step}
+                break
+        model.train()
+    progress.close()
+    if premise is None:
+        last = judge.measure(validation)
+        raise RuntimeError(f"the base policy did not meet its premise within model.bootstrap.max_steps="
+                           f"{cfg.max_steps} (phase '{phase}'): " + "; ".join(premise_failures(last, cfg))
+                           + ". Raise max_steps, or change lr, lr_scale or student_share")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    record = {"premise": premise, "steps": premise["step"], "seconds": round(time.time() - started, 1),
+              "parameters": count_parameters(model), "history": history,
+              "config": {"model": OmegaConf.to_container(model_cfg), "task": OmegaConf.to_container(task_cfg)}}
+    (out_dir / "bootstrap.json").write_text(json.dumps(record, indent=2))
+    return record
 
 
 def cache_key(model_cfg, task_cfg) -> str:
@@ -140,52 +207,40 @@ def cache_key(model_cfg, task_cfg) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def train_base_policy(model_cfg, task_cfg, out_dir: Path) -> dict:
-    cfg = model_cfg.bootstrap
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    task = build_task(task_cfg)
-    tokenizer = build_char_tokenizer()
-    model = build_tiny_qwen2(tokenizer, OmegaConf.to_container(model_cfg.architecture))
-    engine = HFRolloutEngine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id])
-    verifier = build_verifier(task_cfg.name)
-    eval_problems = task.problems("val", cfg.eval_size, seed=cfg.seed + 1)
-    band = tuple(cfg.target_accuracy)
+def cached_premise(path: Path, cfg) -> dict | None:
+    """The cached policy's premise record when it meets the bars; None when there is none or it falls short."""
+    record_file = path / "bootstrap.json"
+    if not record_file.exists():
+        return None
+    premise = json.loads(record_file.read_text()).get("premise")
+    if premise is None or any(name not in premise for name in PROMPTS) or premise_failures(premise, cfg):
+        return None
+    return premise
 
-    def evaluate() -> float:
-        return greedy_accuracy(engine, tokenizer, verifier, eval_problems, cfg.max_new_tokens)["accuracy"]
 
-    stopper = StopInAccuracyBand(evaluate, cfg.eval_every, band)
-    trainer = L.Trainer(max_steps=cfg.max_steps, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, callbacks=[stopper], enable_model_summary=False)
-    loader = torch.utils.data.DataLoader(SupervisedStream(task, tokenizer, cfg, cfg.seed), batch_size=None)
-    started = time.time()
-    trainer.fit(SupervisedModule(model, cfg.lr, cfg.warmup_steps), loader)
-    steps, accuracy = stopper.history[-1] if stopper.history else (trainer.global_step, evaluate())
-    if accuracy < band[0]:
-        raise RuntimeError(f"base policy reached only {accuracy:.3f} greedy accuracy in {cfg.max_steps} steps "
-                           f"(band {band}); raise model.bootstrap.max_steps or lr")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    summary = {"accuracy": accuracy, "steps": steps, "seconds": round(time.time() - started, 1),
-               "parameters": count_parameters(model), "history": stopper.history,
-               "config": {"model": OmegaConf.to_container(model_cfg), "task": OmegaConf.to_container(task_cfg)}}
-    (out_dir / "bootstrap.json").write_text(json.dumps(summary, indent=2))
-    return summary
+def describe_premise(premise: dict) -> str:
+    return (f"greedy accuracy on {premise['problems']} validation problems: student {premise['student']:.3f}, "
+            f"teacher with the answer {premise['teacher_answer']:.3f}, with the solution "
+            f"{premise['teacher_solution']:.3f} (shortcut rate {premise['teacher_answer_shortcut_rate']:.3f} / "
+            f"{premise['teacher_solution_shortcut_rate']:.3f})")
 
 
 def ensure_base_policy(model_cfg, task_cfg) -> Path:
-    """Path of the cached base policy for this config, training it first if it is not cached yet."""
+    """Path of the cached base policy for this config, training (and proving) it first if it is not cached yet."""
     final = cache_root() / "base_policy" / cache_key(model_cfg, task_cfg)
-    if (final / "bootstrap.json").exists():
-        log.info("base policy: using cache %s", final)
+    premise = cached_premise(final, model_cfg.bootstrap)
+    if premise is not None:
+        log.info("base policy: using cache %s; %s", final, describe_premise(premise))
         return final
-    log.info("base policy: not cached, training it into %s", final)
+    log.info("base policy: not cached (or without a premise record that meets the bars), training it into %s", final)
     staging = final.with_name(final.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    summary = train_base_policy(model_cfg, task_cfg, staging)
+    record = train_base_policy(model_cfg, task_cfg, staging)
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    log.info("base policy: %d parameters, greedy accuracy %.3f after %d steps (%.0f s)",
-             summary["parameters"], summary["accuracy"], summary["steps"], summary["seconds"])
+    message = (f"base policy: {record['parameters']} parameters, {record['steps']} steps ({record['seconds']:.0f} s); "
+               f"{describe_premise(record['premise'])}")
+    log.info(message)
+    print(f"[rlsd_lab] {message}")
     return final

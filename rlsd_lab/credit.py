@@ -58,15 +58,30 @@ def compare_credits(objectives: dict[str, Objective], scored: ScoredRollout, ste
             for name, objective in objectives.items()}
 
 
+def alternate_outcomes(rewards: torch.Tensor, advantages: torch.Tensor, count: int) -> list[int]:
+    """`count` row indices, correct and wrong responses in turn, those with A != 0 first (the others get no
+    credit), so that an export shows what a method does to both."""
+    informative = torch.argsort((advantages == 0).int(), stable=True).tolist()
+    correct = [i for i in informative if rewards[i] >= 1.0]
+    wrong = [i for i in informative if rewards[i] < 1.0]
+    turns = [i for pair in zip(correct, wrong) for i in pair]
+    rest = [i for i in informative if i not in set(turns)]
+    return (turns + rest)[:count]
+
+
 def write_credit_records(path: Path, step: int, method: str, prompts: list[str], tokens: list[list[str]],
-                         credits: torch.Tensor, rewards: torch.Tensor, advantages: torch.Tensor) -> None:
-    """Appends one JSON line per response: step, method, prompt, response tokens, credit, reward, A."""
+                         credits: torch.Tensor, rewards: torch.Tensor, advantages: torch.Tensor,
+                         first_errors: list[int | None] | None = None) -> None:
+    """Appends one JSON line per response: step, method, prompt, response tokens, credit, reward, A, and the token
+    index of its first error (null when correct or unknown)."""
+    first_errors = first_errors or [None] * len(prompts)
     with path.open("a") as out:
         for row, (prompt, response_tokens) in enumerate(zip(prompts, tokens)):
             out.write(json.dumps({
                 "step": step, "method": method, "prompt": prompt, "tokens": response_tokens,
                 "credit": [round(float(c), 6) for c in credits[row, :len(response_tokens)]],
                 "reward": float(rewards[row]), "advantage": float(advantages[row]),
+                "first_error": first_errors[row],
             }) + "\n")
 
 

@@ -35,6 +35,18 @@ def teacher_student_kl(student: TeacherStates, teacher: TeacherStates, response_
     return total / max(float(response_mask.sum()), 1.0)
 
 
+def delta_by_outcome(scored) -> dict[str, float]:
+    """Mean Delta (teacher minus student log-prob) over the tokens of correct and of wrong responses: a teacher
+    that knows more than the student raises the tokens of correct responses and lowers those of wrong ones."""
+    delta, correct = scored.delta, (scored.rewards >= 1.0)[:, None]
+    mask = scored.response_mask.bool()
+    metrics = {}
+    for name, rows in (("correct", correct), ("wrong", ~correct)):
+        tokens = mask & rows
+        metrics[f"teacher/delta_{name}"] = float(delta[tokens].mean()) if tokens.any() else float("nan")
+    return metrics
+
+
 def reasoning_mask(response_ids: torch.Tensor, response_mask: torch.Tensor, marker_ids: list[int]) -> torch.Tensor:
     """[B, T] 1 on tokens before the last occurrence of the answer marker (all tokens when it is absent)."""
     mask = response_mask.clone()

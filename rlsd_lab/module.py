@@ -17,8 +17,9 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from methods import Objective, ScoredRollout
 from methods.grpo import group_advantages
-from rlsd_lab.credit import objective_credit, write_credit_records
-from rlsd_lab.diagnostics import leakage_rate, reasoning_mask, teacher_student_kl
+from rlsd_lab.credit import alternate_outcomes, objective_credit, write_credit_records
+from rlsd_lab.credit_quality import credit_quality, first_error_positions
+from rlsd_lab.diagnostics import delta_by_outcome, leakage_rate, reasoning_mask, teacher_student_kl
 from rlsd_lab.distributed import (
     GradientSync,
     check_prompts_per_rank,
@@ -67,6 +68,14 @@ def optimizer_steps_per_rollout(cfg) -> int:
     return cfg.train.ppo_epochs * cfg.train.mini_batches
 
 
+def validation_due(step: int, cfg) -> bool:
+    """After step `step`: every `train.val_every` steps, every `train.val_early.every` steps up to
+    `train.val_early.until`, and at the last step."""
+    early = cfg.train.get("val_early") or {"until": 0, "every": 1}
+    return (step % cfg.train.val_every == 0 or step == cfg.trainer.max_steps
+            or (step <= early["until"] and step % early["every"] == 0))
+
+
 def verdict_metrics(verdicts: list[Verdict]) -> dict[str, float]:
     """`verify/<reason>`: the share of responses scored for each reason (e.g. `verify/wrong_answer`);
     `verify/score/<name>`: the mean of each sub-score; `verify/failures`: how many verifier runs failed
@@ -84,8 +93,11 @@ def verdict_metrics(verdicts: list[Verdict]) -> dict[str, float]:
 
 class RLModule(L.LightningModule):
     def __init__(self, cfg, model, tokenizer, objective: Objective, verifier: VerifierPool,
-                 train_problems: list[Problem], val_problems: list[Problem], run_dir: str | Path, rank: int = 0):
-        """`rank`: the data-parallel rank, added to the sampling seed so that ranks draw independent responses."""
+                 train_problems: list[Problem], val_problems: list[Problem], run_dir: str | Path, rank: int = 0,
+                 error_locator=None):
+        """`rank`: the data-parallel rank, added to the sampling seed so that ranks draw independent responses.
+        `error_locator(response_text, problem)`: the task's first-error locator (`task.first_error`), when it has
+        one; it enables the credit-against-ground-truth metrics (rlsd_lab/credit_quality.py)."""
         super().__init__()
         check_batch_config(cfg)
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
@@ -104,6 +116,9 @@ class RLModule(L.LightningModule):
         # Objectives without a teacher still get a live one for the periodic diagnostics.
         teacher_cfg = cfg.method.teacher if objective.uses_teacher else {"mode": "live", "sync_every": 1}
         self.teacher = TeacherPass(model, teacher_cfg["mode"], teacher_cfg["sync_every"])
+        self.teacher_reference = cfg.method.teacher.reference if objective.uses_teacher else cfg.diagnostics.reference
+        self.error_locator = error_locator
+        self._fixed_teacher_accuracy: dict[str, float] | None = None  # a fixed teacher's, measured once
         self.run_dir = Path(run_dir)
         self.rollout_step = 0
         self.guard = UpdateGuard(cfg.train.max_consecutive_skips)
@@ -133,16 +148,34 @@ class RLModule(L.LightningModule):
     # ---- validation -------------------------------------------------------------------------------------------
     def validate_policy(self) -> dict[str, float]:
         """Greedy accuracy on the validation set; data-parallel ranks each score a share and sum the counts."""
+        return {f"val/{k}": v for k, v in self._greedy_validation(self.engine, self.model).items()}
+
+    def validate_teacher(self) -> dict[str, float]:
+        """The teacher's greedy accuracy on the validation set with its reference in the prompt. A live (or
+        periodic) teacher moves with the policy; a fixed one is measured once. Always on the HF engine."""
+        if self.teacher.mode == "fixed" and self._fixed_teacher_accuracy is not None:
+            return self._fixed_teacher_accuracy
+        weights = self.model if self.teacher.frozen is None else self.teacher.frozen
+        engine = self.engine if weights is self.model and self.cfg.rollout.name == "hf" else build_engine(
+            "hf", weights, self.tokenizer, seed=0)
+        result = self._greedy_validation(engine, weights, self.teacher_reference)
+        metrics = {"teacher/val_accuracy": result["accuracy"], "teacher/val_response_length": result["response_length"]}
+        if self.teacher.mode == "fixed":
+            self._fixed_teacher_accuracy = metrics
+        return metrics
+
+    def _greedy_validation(self, engine, model, reference_mode: str | None = None) -> dict[str, float]:
         problems = rank_share(self.val_problems, self.global_rank, self.trainer.world_size)
-        with gathered(self.model):
-            result = greedy_accuracy(self.engine, self.tokenizer, self.verifier, problems,
+        with gathered(model):
+            result = greedy_accuracy(engine, self.tokenizer, self.verifier, problems,
                                      self.cfg.rollout.max_new_tokens, batch_size=self.cfg.train.val_batch_size,
-                                     prompts=self.prompts) if problems else {"accuracy": 0.0, "response_length": 0.0}
+                                     prompts=self.prompts, reference_mode=reference_mode
+                                     ) if problems else {"accuracy": 0.0, "response_length": 0.0}
         if self.trainer.world_size > 1:  # the shares' means, weighted by their sizes
             totals = sum_over_ranks(torch.tensor([value * len(problems) for value in result.values()],
                                                  dtype=torch.float64, device=self.device))
             result = {name: float(total) / len(self.val_problems) for name, total in zip(result, totals)}
-        return {f"val/{k}": v for k, v in result.items()}
+        return result
 
     # ---- checkpoints (rlsd_lab/resume.py) ----------------------------------------------------------------------
     def _generators(self) -> dict[str, torch.Generator]:
@@ -241,8 +274,8 @@ class RLModule(L.LightningModule):
         metrics["train/leakage_rate"] = self._leakage_rate(texts)
         if diagnose:
             with timer.phase("diagnostics"):
-                metrics.update(self._diagnostics(rollout, scored, teacher_states, rows, step))
-        if self.rollout_step % self.cfg.train.val_every == 0 or self.rollout_step == self.cfg.trainer.max_steps:
+                metrics.update(self._diagnostics(rollout, scored, teacher_states, rows, texts, step))
+        if validation_due(self.rollout_step, self.cfg):
             with timer.phase("validation"):
                 metrics.update(self.validate_policy())
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
@@ -268,7 +301,7 @@ class RLModule(L.LightningModule):
 
         Only the selected `groups` [prompts] are run; the other rows get the student's log-probs (Delta = 0).
         """
-        mode = self.cfg.method.teacher.reference if self.objective.uses_teacher else self.cfg.diagnostics.reference
+        mode = self.teacher_reference
         group_size = self.cfg.rollout.group_size
         rows = groups.repeat_interleave(group_size).to(rollout.response_ids.device)
         teacher = self.teacher.weights(self.model, step)  # always called: a periodic copy re-syncs on schedule
@@ -290,8 +323,9 @@ class RLModule(L.LightningModule):
         return leakage_rate(texts, list(cfg.leakage_phrases), ANSWER_MARKER, cfg.answer_first)
 
     @torch.no_grad()
-    def _diagnostics(self, rollout, scored: ScoredRollout, teacher_states, rows, step) -> dict[str, float]:
-        """On-policy teacher-student KL and a token-credit export, every `diagnostics.every` steps."""
+    def _diagnostics(self, rollout, scored: ScoredRollout, teacher_states, rows, texts, step) -> dict[str, float]:
+        """Every `diagnostics.every` steps: the on-policy teacher-student KL, the teacher's own validation accuracy
+        and its Delta on correct vs wrong responses, credit against ground truth, and a token-credit export."""
         with gathered(self.model, self.teacher.frozen):  # fsdp: rank 0 alone exports the credit
             length = rollout.response_ids.shape[1]
             student_hidden = response_hidden(self.model, rollout.input_ids, rollout.attention_mask, length)
@@ -299,24 +333,35 @@ class RLModule(L.LightningModule):
             metrics = {"train/teacher_student_kl": teacher_student_kl(
                 student_states, teacher_states, rollout.response_mask, self.cfg.rollout.temperature,
                 self.cfg.train.logprob_chunk_size)}
-            if self.cfg.diagnostics.credit_samples and self.global_rank == 0:  # one writer; rank 0's responses
-                self._export_credit(rollout, scored, student_states, teacher_states, rows, step)
+            credit = objective_credit(self.objective, scored, step, student_states, teacher_states,
+                                      rollout.response_ids, self.cfg.rollout.temperature,
+                                      self.cfg.train.logprob_chunk_size)
+        metrics.update(self.validate_teacher())
+        metrics.update(delta_by_outcome(scored))
+        lengths = rollout.response_lengths().long().tolist()
+        token_texts = [[self.tokenizer.decode([t], skip_special_tokens=True) for t in ids[:n]]
+                       for ids, n in zip(rollout.response_ids.tolist(), lengths)]
+        first_errors = (first_error_positions(texts, rows, self.error_locator, token_texts, lengths)
+                        if self.error_locator else [None] * len(rows))
+        if self.error_locator:
+            metrics.update(credit_quality(credit, scored.student_logprobs, scored.rewards, lengths, first_errors,
+                                          token_texts))
+        if self.cfg.diagnostics.credit_samples and self.global_rank == 0:  # one writer; rank 0's responses
+            self._export_credit(rollout, scored, credit, rows, first_errors, step)
         return metrics
 
-    def _export_credit(self, rollout, scored, student_states, teacher_states, rows, step) -> None:
-        """Writes the credit of a few responses, preferring those with A != 0 (the others get no credit)."""
-        credit = objective_credit(self.objective, scored, step, student_states, teacher_states,
-                                  rollout.response_ids, self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size)
+    def _export_credit(self, rollout, scored, credit, rows, first_errors, step) -> None:
+        """Writes the credit of a few responses with A != 0 (the others get no credit), correct and wrong ones in
+        turn, each with its first error (token index) where the task locates one."""
         # The run's own group normalisation (Dr. GRPO: scale_by_std=false); OPSD has none, the default is shown.
         sequence_advantages = group_advantages(scored.rewards, scored.group_size,
                                                self.cfg.method.get("scale_by_std", True))
-        order = torch.argsort((sequence_advantages == 0).int(), stable=True)
-        sample = order[:self.cfg.diagnostics.credit_samples].tolist()
+        sample = alternate_outcomes(scored.rewards, sequence_advantages, self.cfg.diagnostics.credit_samples)
         lengths = rollout.response_lengths().long()
         tokens = [self.tokenizer.convert_ids_to_tokens(rollout.response_ids[i, :lengths[i]].tolist()) for i in sample]
         write_credit_records(self.run_dir / "token_credit.jsonl", step, self.objective.name,
                              [self.prompts.text(rows[i]) for i in sample], tokens, credit[sample],
-                             scored.rewards[sample], sequence_advantages[sample])
+                             scored.rewards[sample], sequence_advantages[sample], [first_errors[i] for i in sample])
 
     def _logprobs(self, model, rollout) -> torch.Tensor:
         with torch.no_grad(), gathered(model):

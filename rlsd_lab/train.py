@@ -132,7 +132,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     model.train()  # from_pretrained returns eval mode
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = RLModule(cfg, model, tokenizer, objective, verifier, train_problems, val_problems, run_dir,
-                      rank=trainer.global_rank)
+                      rank=trainer.global_rank, error_locator=getattr(task, "first_error", None))
     if checkpoint:
         log.info("resuming from %s (step %d)", checkpoint, resume_step)
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")

@@ -5,7 +5,8 @@ import pytest
 from rlsd_lab.bootstrap import shortcut_response, supervised_example
 from rlsd_lab.prompts import CITATION_MARKER, reference_text, render_prompt
 from rlsd_lab.tasks import ArithTask, build_task
-from rlsd_lab.tasks.arith import addition_solution, split_of, subtraction_solution
+from rlsd_lab.tasks.arith import addition_solution, first_error, split_of, subtraction_solution
+from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.verifiers import build_verifier
 
 
@@ -71,3 +72,25 @@ def test_bad_task_settings_are_explained():
         ArithTask(operators=("*",))
     with pytest.raises(ValueError, match="operands=2"):
         ArithTask(operands=3, operators=("-",))
+
+
+@pytest.mark.parametrize("response, wrong_at", [
+    ("7+5+0=13\n4+8+1=14\n3+2+1=06\nA:642", 7),          # a digit error in the first column sum
+    ("7+5+0=12\n4+8+0=12\n3+2+1=06\nA:622", 13),         # the carry not taken into the tens column
+    ("7+5+0=12\n4+8+1=13\nA:632", 18),                   # the hundreds line missing
+    ("7+5+0=12\n4+8+1=13\n3+2+1=06\nA:633", 31),         # a wrong final answer after correct lines
+    ("7+5+0=12\n4+8+1=13\n3+2+1=06\nA:6320", 32),        # an extra digit after the answer
+    ("7+5+0=12\n4+8+1=13\n3+2+1=06\nA:63", 31),          # stopped early: the error is at the end (eos)
+    ("7+6+0=13\n4+8+1=14\n3+2+1=07\nA:742", 2),          # an operand digit misread
+    ("A:632", 0),                                        # the answer-first shortcut
+])
+def test_first_error_finds_the_first_wrong_token_of_hand_written_responses(response, wrong_at):
+    problem = Problem(uid="347+285", question="347+285", answer="632", solution=addition_solution([347, 285]))
+    assert first_error(response, problem) == wrong_at
+    assert response[:wrong_at] == problem.solution[:wrong_at]  # everything before it is right
+    assert first_error(problem.solution, problem) is None
+
+
+def test_first_error_in_subtraction_borrow():
+    problem = Problem(uid="413-284", question="413-284", answer="129", solution=subtraction_solution(413, 284))
+    assert first_error("3-4-0=9 b0\n1-8-0=3 b1\n4-2-1=1 b0\nA:139", problem) == 9  # the borrow not given

@@ -9,6 +9,8 @@ Example (digits=3, operands=2):
     A:632                <- final answer after the answer marker
 
 Subtraction lines read `3-8-0=5 b1`: digit minus digit minus borrow-in gives digit 5, borrow 1 to the next column.
+The written solution of a problem is unique (one line per column, fixed format), so the first error of a wrong
+response is exactly the first character where it leaves that solution (`first_error`).
 Problems are deterministic in the seed; train and validation are split by a hash of the question, so the two
 splits are disjoint for every seed and every size.
 """
@@ -58,10 +60,22 @@ def subtraction_solution(minuend: int, subtrahend: int) -> str:
     return "\n".join(lines + [f"{ANSWER_MARKER}{minuend - subtrahend}"])
 
 
+def first_error(response: str, problem: Problem) -> int | None:
+    """Character index of the first wrong character of `response`: where it first differs from the problem's
+    written solution. A wrong digit, a wrong carry, a skipped line, a shortcut or a wrong final answer after correct
+    lines all show there; a response that stops early (a prefix of the solution) errs at `len(response)`, the
+    position of its end-of-sequence token. None for a response equal to the solution (nothing is wrong)."""
+    if response == problem.solution:
+        return None
+    return next((i for i, (got, want) in enumerate(zip(response, problem.solution)) if got != want),
+                min(len(response), len(problem.solution)))
+
+
 class ArithTask:
     """Generates `Problem`s; `digits`, `operands` and `operators` set the difficulty."""
 
     name = "arith"
+    first_error = staticmethod(first_error)  # this task knows where a wrong response goes wrong
 
     def __init__(self, digits: int = 3, operands: int = 2, operators: tuple[str, ...] = ("+",),
                  val_percent: int = 10, verifier: str = "arith"):
