@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-vllm demo test bench paper leakage figures clean
+.PHONY: setup setup-vllm demo test bench paper paper-grpo-rlsd paper-hybrid-opsd ablation ablation-linear \
+	ablation-constant leakage leakage-fixed leakage-live leakage-figures figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,16 +19,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Builds (or reuses) the embedded base policy, trains the four methods on it (one seed, 100 steps each),
+# $(call timed,DIR,COMMAND): runs COMMAND, then writes DIR/wall_time.json (seconds, finish time, commit).
+timed = start=$$(date +%s); $(2) && \
+	echo "{\"seconds\": $$(( $$(date +%s) - start )), \"finished\": \"$$(date -u +%FT%TZ)\", \"commit\": \"$$(git rev-parse --short HEAD 2>/dev/null)\"}" \
+		> $(1)/wall_time.json
+
+# Builds (or reuses) the embedded base policy, trains the four methods on it (one seed, 60 steps each),
 # then writes the figures and the results table to $(DEMO_DIR)/figures.
 DEMO_DIR ?= multirun/demo
 demo: setup
 	rm -rf $(DEMO_DIR)
-	start=$$(date +%s); \
-	$(PY) -m rlsd_lab.train -m experiment=demo hydra.sweep.dir=$(DEMO_DIR) && \
-	$(MAKE) figures RUNS=$(DEMO_DIR) FIGURES=$(DEMO_DIR)/figures && \
-	echo "{\"seconds\": $$(( $$(date +%s) - start )), \"finished\": \"$$(date -u +%FT%TZ)\", \"commit\": \"$$(git rev-parse --short HEAD 2>/dev/null)\"}" \
-		> $(DEMO_DIR)/wall_time.json
+	$(call timed,$(DEMO_DIR),$(PY) -m rlsd_lab.train -m experiment=demo hydra.sweep.dir=$(DEMO_DIR) && \
+		$(MAKE) figures RUNS=$(DEMO_DIR) FIGURES=$(DEMO_DIR)/figures)
 
 test: setup setup-vllm
 	$(PY) -m pytest
@@ -49,27 +52,56 @@ $(VLLM_STAMP): pyproject.toml requirements-vllm.txt
 
 setup-vllm: $(VLLM_STAMP)
 
-# The four methods x 3 seeds (conf/experiment/comparison.yaml; about 50 minutes on 2 CPU cores), then figures.
+# Studies run as two Hydra sweeps side by side (make -j2), one CPU thread each: on 2 cores that finishes sooner
+# than one sweep on two threads (the embedded model is too small to use two threads well).
+SWEEP = $(PY) -m rlsd_lab.train -m trainer.progress_bar=false threads=1
+SIDE_BY_SIDE = $(MAKE) -j2 --output-sync=line --no-print-directory
+
+# The four methods x 3 seeds (conf/experiment/comparison.yaml), then figures.
 PAPER_DIR ?= multirun/paper
 paper: setup
-	$(PY) -m rlsd_lab.train -m experiment=comparison trainer.progress_bar=false hydra.sweep.dir=$(PAPER_DIR)
-	$(MAKE) figures RUNS=$(PAPER_DIR) FIGURES=$(PAPER_DIR)/figures
+	rm -rf $(PAPER_DIR)
+	$(call timed,$(PAPER_DIR),$(SIDE_BY_SIDE) paper-grpo-rlsd paper-hybrid-opsd && \
+		$(MAKE) figures RUNS=$(PAPER_DIR) FIGURES=$(PAPER_DIR)/figures)
+paper-grpo-rlsd paper-hybrid-opsd: paper-%:
+	$(SWEEP) experiment=comparison method=$(subst -,$(comma),$*) hydra.sweep.dir=$(PAPER_DIR)/$*
+comma := ,
 
-# The OPSD leakage study (conf/experiment/leakage.yaml): three sweeps into one folder, then figures per sweep.
-LEAKAGE_DIR ?= multirun/leakage
-LEAKAGE = $(PY) -m rlsd_lab.train -m experiment=leakage trainer.progress_bar=false seed=1 \
+# RLSD's eps_w x lambda schedule, 3 seeds (conf/experiment/rlsd_ablation.yaml), then figures.
+ABLATION_DIR ?= multirun/rlsd_ablation
+ABLATION = $(SWEEP) experiment=rlsd_ablation hydra.job.config.override_dirname.exclude_keys=[seed,trainer.progress_bar,threads] \
 	hydra.sweep.subdir='$${hydra.job.num}_$${hydra.job.override_dirname}'
+ablation: setup
+	rm -rf $(ABLATION_DIR)
+	$(call timed,$(ABLATION_DIR),$(SIDE_BY_SIDE) ablation-linear ablation-constant && \
+		$(MAKE) figures RUNS=$(ABLATION_DIR) FIGURES=$(ABLATION_DIR)/figures)
+ablation-linear:
+	$(ABLATION) method.schedule=linear method.lambda_0=0.5 hydra.sweep.dir=$(ABLATION_DIR)/linear
+ablation-constant:
+	$(ABLATION) method.schedule=constant method.lambda_0=1.0 hydra.sweep.dir=$(ABLATION_DIR)/constant
+
+# The OPSD leakage study (conf/experiment/leakage.yaml): six sweeps into one folder, then figures per arm.
+LEAKAGE_DIR ?= multirun/leakage
+LEAKAGE = $(SWEEP) experiment=leakage seed=1 hydra.sweep.subdir='$${hydra.job.num}_$${hydra.job.override_dirname}'
+LEAKAGE_CONTROL = $(LEAKAGE_DIR)/variants/fixed/*support=full*
+LEAKAGE_ARMS = $(LEAKAGE_DIR)/variants $(LEAKAGE_DIR)/references $(LEAKAGE_DIR)/learning_rate
 leakage: setup
-	$(LEAKAGE) method=opsd method.support=full,teacher_top1,student_top1 method.teacher.mode=fixed,live \
-		hydra.sweep.dir=$(LEAKAGE_DIR)/variants
+	rm -rf $(LEAKAGE_DIR)
+	$(call timed,$(LEAKAGE_DIR),$(SIDE_BY_SIDE) leakage-fixed leakage-live && $(MAKE) leakage-figures)
+leakage-fixed:  # OPSD's three supports with the fixed teacher, the GRPO and RLSD references, OPSD at the paper's 10x lr
+	$(LEAKAGE) method=opsd method.support=full,teacher_top1,student_top1 method.teacher.mode=fixed \
+		hydra.sweep.dir=$(LEAKAGE_DIR)/variants/fixed
 	$(LEAKAGE) method=grpo,rlsd hydra.sweep.dir=$(LEAKAGE_DIR)/references
+	$(LEAKAGE) method=opsd method.lr=1.0e-3 hydra.sweep.dir=$(LEAKAGE_DIR)/learning_rate
+leakage-live:  # the same with the live teacher, then the base policy's shortcut share (0 = the control)
+	$(LEAKAGE) method=opsd method.support=full,teacher_top1,student_top1 method.teacher.mode=live \
+		hydra.sweep.dir=$(LEAKAGE_DIR)/variants/live
 	$(LEAKAGE) method=opsd model.bootstrap.shortcut_share=0.0,0.6 hydra.sweep.dir=$(LEAKAGE_DIR)/shortcut_share
-	$(PY) -m analysis.stability $(LEAKAGE_DIR)/variants $(LEAKAGE_DIR)/references --out $(LEAKAGE_DIR)/figures/variants
-	$(PY) -m analysis.table $(LEAKAGE_DIR)/variants $(LEAKAGE_DIR)/references --out $(LEAKAGE_DIR)/figures/variants
-	$(PY) -m analysis.stability $(LEAKAGE_DIR)/shortcut_share $(LEAKAGE_DIR)/variants/*support=full,method.teacher.mode=fixed* \
-		--out $(LEAKAGE_DIR)/figures/shortcut_share
-	$(PY) -m analysis.table $(LEAKAGE_DIR)/shortcut_share $(LEAKAGE_DIR)/variants/*support=full,method.teacher.mode=fixed* \
-		--out $(LEAKAGE_DIR)/figures/shortcut_share
+leakage-figures:
+	$(PY) -m analysis.stability $(LEAKAGE_ARMS) --out $(LEAKAGE_DIR)/figures/variants
+	$(PY) -m analysis.table $(LEAKAGE_ARMS) --out $(LEAKAGE_DIR)/figures/variants
+	$(PY) -m analysis.stability $(LEAKAGE_DIR)/shortcut_share $(LEAKAGE_CONTROL) --out $(LEAKAGE_DIR)/figures/shortcut_share
+	$(PY) -m analysis.table $(LEAKAGE_DIR)/shortcut_share $(LEAKAGE_CONTROL) --out $(LEAKAGE_DIR)/figures/shortcut_share
 
 # Figures and table from any set of runs: make figures RUNS="runs/a runs/b" FIGURES=figures
 RUNS ?= $(PAPER_DIR)
@@ -77,7 +109,9 @@ FIGURES ?= figures
 figures: setup
 	$(PY) -m analysis.stability $(RUNS) --out $(FIGURES)
 	$(PY) -m analysis.table $(RUNS) --out $(FIGURES)
-	$(PY) -m analysis.token_credit $$(ls -d $(firstword $(RUNS))/*rlsd_seed1 | head -n 1) --out $(FIGURES)
+	$(PY) -m analysis.credit_quality $(RUNS) --out $(FIGURES)
+	$(PY) -m analysis.token_credit $$(find $(firstword $(RUNS)) -maxdepth 2 -type d -name '*rlsd_seed1' | sort | head -n 1) \
+		--out $(FIGURES)
 
 # Each benchmark compares side by side in one run and writes JSON to bench_results/ (README, "Benchmarks").
 bench: setup

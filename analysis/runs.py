@@ -40,7 +40,7 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
 
 
 # Overrides that do not change what is being compared (they are the repetition, or bookkeeping).
-NOT_VARIANT = ("seed=", "hydra.", "trainer.progress_bar=", "experiment=", "model.path=")
+NOT_VARIANT = ("seed=", "hydra.", "trainer.progress_bar=", "experiment=", "model.path=", "threads=")
 
 
 def run_labels(run_dir: Path) -> dict:
