@@ -21,7 +21,8 @@ PANELS = (("val/accuracy", "Validation accuracy (greedy)"),
           ("train/response_length", "Response length (tokens)"),
           ("train/entropy", "Entropy (nats / token)"),
           ("train/leakage_rate", "Leakage rate"),
-          ("train/teacher_student_kl", "Teacher-student KL"))
+          ("train/teacher_student_kl", "Teacher-student KL"),
+          ("teacher/val_accuracy", "Teacher accuracy (greedy, with its reference)"))
 SMOOTHING = 5  # steps of rolling mean on per-step training metrics (validation is plotted as logged)
 
 

@@ -31,7 +31,9 @@ def make_run(root: Path, name: str, method: str, seed: int, accuracy: list[float
 @pytest.fixture
 def runs_root(tmp_path):
     shared = ["++method.beta_h=0.1"]  # given to every run of a sweep: not part of any label
-    make_run(tmp_path, "a", "grpo", 1, [0.3, 0.6, 0.9], extra={"train/entropy": 0.2}, overrides=shared)
+    credit = {"credit/first_error_top1": 0.05, "credit/first_error_top1_random": 0.05,
+              "credit/first_error_rank": 12.0, "credit/first_error_rank_random": 12.0}
+    make_run(tmp_path, "a", "grpo", 1, [0.3, 0.6, 0.9], extra={"train/entropy": 0.2, **credit}, overrides=shared)
     make_run(tmp_path, "b", "grpo", 2, [0.3, 0.5, 0.7, 0.8], overrides=shared)  # longer, no entropy logged
     make_run(tmp_path, "c", "rlsd", 1, [0.3, 0.85], overrides=shared)  # single seed, stopped early
     make_run(tmp_path, "d", "opsd", 1, [0.3, 0.1], overrides=[*shared, "method.support=teacher_top1"])
@@ -86,7 +88,7 @@ def test_no_runs_is_a_clear_error(tmp_path):
         load_runs([tmp_path])
 
 
-@pytest.mark.parametrize("module", ["analysis.table", "analysis.stability"])
+@pytest.mark.parametrize("module", ["analysis.table", "analysis.stability", "analysis.credit_quality"])
 def test_cli_smoke(runs_root, tmp_path, module):
     result = subprocess.run([sys.executable, "-m", module, str(runs_root), "--out", str(tmp_path / "out")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -96,15 +98,26 @@ def test_cli_smoke(runs_root, tmp_path, module):
 
 
 def test_token_credit_png_and_html(tmp_path):
-    from analysis.token_credit import credit_figure, credit_html
+    from analysis.token_credit import CreditPanel, credit_figure, credit_html
 
     tokens = ["1", "+", "2", "\n", "A", ":", "3", "<eos>"]
     credits = {"grpo": [0.5] * 8, "rlsd": [0.4, 0.5, 0.6, 0.5, 0.5, 0.5, 0.55, 0.5], "opsd": [0.0] * 8}
-    png = credit_figure(tokens, credits, "test", tmp_path / "c.png")
-    page = credit_html(tokens, credits, "test <title>", tmp_path / "c.html").read_text()
+    wrong = CreditPanel("wrong", tokens, {name: [-v for v in values] for name, values in credits.items()}, 2)
+    panels = [CreditPanel("correct", tokens, credits), wrong]
+    png = credit_figure(panels, "test", tmp_path / "c.png")
+    page = credit_html(panels, "test <title>", tmp_path / "c.html").read_text()
     assert png.stat().st_size > 5_000
-    assert page.count("<tr>") == 3 and "test &lt;title&gt;" in page and 'title="+0.6"' in page
+    assert page.count("<tr>") == 6 and "test &lt;title&gt;" in page and 'title="+0.6"' in page
+    assert page.count('class="e"') == 3  # the first error outlined in each method's row of the wrong response
     assert "http" not in page  # self-contained
+
+
+def test_credit_quality_table_reads_first_and_last_step(runs_root):
+    from analysis.credit_quality import credit_table
+
+    table = credit_table(load_runs([runs_root]))
+    assert "| grpo | first_error_top1 | 0.050 | 0.050 |" in table
+    assert "| grpo (random ranking) | first_error_rank | 12.000 | 12.000 |" in table
 
 
 def test_token_credit_cli_on_a_model_directory(tmp_path, tiny_model, tokenizer):
