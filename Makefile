@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-vllm demo test bench paper paper-grpo-rlsd paper-hybrid-opsd ablation ablation-linear \
+.PHONY: setup setup-vllm base-policy demo demo-grpo-rlsd demo-hybrid-opsd test bench paper paper-grpo-rlsd paper-hybrid-opsd ablation ablation-linear \
 	ablation-constant leakage leakage-fixed leakage-live leakage-figures figures clean
 
 $(STAMP): pyproject.toml
@@ -24,13 +24,19 @@ timed = start=$$(date +%s); $(2) && \
 	echo "{\"seconds\": $$(( $$(date +%s) - start )), \"finished\": \"$$(date -u +%FT%TZ)\", \"commit\": \"$$(git rev-parse --short HEAD 2>/dev/null)\"}" \
 		> $(1)/wall_time.json
 
-# Builds (or reuses) the embedded base policy, trains the four methods on it (one seed, 60 steps each),
-# then writes the figures and the results table to $(DEMO_DIR)/figures.
+# Builds (or reuses) the embedded base policy, trains the four methods on it (one seed, 60 steps each, two sweeps
+# side by side), then writes the figures and the results table to $(DEMO_DIR)/figures.
 DEMO_DIR ?= multirun/demo
-demo: setup
+demo: base-policy
 	rm -rf $(DEMO_DIR)
-	$(call timed,$(DEMO_DIR),$(PY) -m rlsd_lab.train -m experiment=demo hydra.sweep.dir=$(DEMO_DIR) && \
+	$(call timed,$(DEMO_DIR),$(SIDE_BY_SIDE) demo-grpo-rlsd demo-hybrid-opsd && \
 		$(MAKE) figures RUNS=$(DEMO_DIR) FIGURES=$(DEMO_DIR)/figures)
+demo-grpo-rlsd demo-hybrid-opsd: demo-%:
+	$(SWEEP) experiment=demo method=$(subst -,$(comma),$*) hydra.sweep.dir=$(DEMO_DIR)/$*
+
+# Builds the embedded base policy (or finds it cached) and prints its premise: once, before sweeps run side by side.
+base-policy: setup
+	$(PY) -m rlsd_lab.bootstrap
 
 test: setup setup-vllm
 	$(PY) -m pytest
@@ -59,7 +65,7 @@ SIDE_BY_SIDE = $(MAKE) -j2 --output-sync=line --no-print-directory
 
 # The four methods x 3 seeds (conf/experiment/comparison.yaml), then figures.
 PAPER_DIR ?= multirun/paper
-paper: setup
+paper: base-policy
 	rm -rf $(PAPER_DIR)
 	$(call timed,$(PAPER_DIR),$(SIDE_BY_SIDE) paper-grpo-rlsd paper-hybrid-opsd && \
 		$(MAKE) figures RUNS=$(PAPER_DIR) FIGURES=$(PAPER_DIR)/figures)
@@ -71,7 +77,7 @@ comma := ,
 ABLATION_DIR ?= multirun/rlsd_ablation
 ABLATION = $(SWEEP) experiment=rlsd_ablation hydra.job.config.override_dirname.exclude_keys=[seed,trainer.progress_bar,threads] \
 	hydra.sweep.subdir='$${hydra.job.num}_$${hydra.job.override_dirname}'
-ablation: setup
+ablation: base-policy
 	rm -rf $(ABLATION_DIR)
 	$(call timed,$(ABLATION_DIR),$(SIDE_BY_SIDE) ablation-linear ablation-constant && \
 		$(MAKE) figures RUNS=$(ABLATION_DIR) FIGURES=$(ABLATION_DIR)/figures)
@@ -85,7 +91,7 @@ LEAKAGE_DIR ?= multirun/leakage
 LEAKAGE = $(SWEEP) experiment=leakage seed=1 hydra.sweep.subdir='$${hydra.job.num}_$${hydra.job.override_dirname}'
 LEAKAGE_CONTROL = $(LEAKAGE_DIR)/variants/fixed/*support=full*
 LEAKAGE_ARMS = $(LEAKAGE_DIR)/variants $(LEAKAGE_DIR)/references $(LEAKAGE_DIR)/learning_rate
-leakage: setup
+leakage: base-policy
 	rm -rf $(LEAKAGE_DIR)
 	$(call timed,$(LEAKAGE_DIR),$(SIDE_BY_SIDE) leakage-fixed leakage-live && $(MAKE) leakage-figures)
 leakage-fixed:  # OPSD's three supports with the fixed teacher, the GRPO and RLSD references, OPSD at the paper's 10x lr

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.runs import load_runs  # noqa: E402
-from analysis.stability import seed_statistics  # noqa: E402
+from analysis.stability import save_figure, seed_statistics  # noqa: E402
 from analysis.table import _cell, mean_ci  # noqa: E402
 
 # (metric, panel title, baselines: (suffix, line style)); higher top-1 and digit share, lower rank are better
@@ -60,12 +60,7 @@ def credit_figure(runs: pd.DataFrame, out_dir: Path, name: str = "credit_quality
     fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle("Credit against ground truth (wrong responses: where does each method put the blame?)")
     fig.tight_layout(rect=(0, 0.06 * (1 + len(legend) // 4), 1, 1))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=200)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_dir, name)
 
 
 def first_and_last(runs: pd.DataFrame, metric: str) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:

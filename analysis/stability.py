@@ -71,6 +71,11 @@ def stability_figure(runs: pd.DataFrame, out_dir: Path, name: str = "stability")
     else:
         fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=9, frameon=False)
         fig.tight_layout(rect=(0, 0.05 * (-(-len(labels) // 2)) / rows_of_panels, 1, 1))
+    return save_figure(fig, out_dir, name)
+
+
+def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
+    """Writes <name>.png (200 dpi) and <name>.pdf into `out_dir`, closes the figure, returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     for path in paths:

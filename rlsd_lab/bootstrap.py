@@ -22,6 +22,8 @@ one (`*_shortcut_rate`): a shortcut with the correct number is counted correct, 
 
 The cache directory is keyed by a hash of everything that shapes the model; a cached model without a premise
 record that meets the bars (an older recipe) is rebuilt.
+
+    python -m rlsd_lab.bootstrap [model.bootstrap.shortcut_share=0.6 ...]   # build or find it, print its premise
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -244,3 +247,20 @@ def ensure_base_policy(model_cfg, task_cfg) -> Path:
     log.info(message)
     print(f"[rlsd_lab] {message}")
     return final
+
+
+def main(overrides: list[str] | None = None) -> None:
+    """Composes the training config with `overrides` (the command line) and ensures its base policy; writes no
+    run directory."""
+    from hydra import compose, initialize_config_dir
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=sys.argv[1:] if overrides is None else overrides)
+    path = ensure_base_policy(cfg.model, cfg.task)
+    premise = json.loads((path / "bootstrap.json").read_text())["premise"]
+    print(f"[rlsd_lab] base policy {path}: {describe_premise(premise)}")
+
+
+if __name__ == "__main__":
+    main()
