@@ -75,7 +75,8 @@ comma := ,
 
 # RLSD's eps_w x lambda schedule, 3 seeds (conf/experiment/rlsd_ablation.yaml), then figures.
 ABLATION_DIR ?= multirun/rlsd_ablation
-ABLATION = $(SWEEP) experiment=rlsd_ablation hydra.job.config.override_dirname.exclude_keys=[seed,trainer.progress_bar,threads] \
+ABLATION = $(SWEEP) experiment=rlsd_ablation method=rlsd \
+	hydra.job.config.override_dirname.exclude_keys=[experiment,method,seed,trainer.progress_bar,threads] \
 	hydra.sweep.subdir='$${hydra.job.num}_$${hydra.job.override_dirname}'
 ablation: base-policy
 	rm -rf $(ABLATION_DIR)
