@@ -86,6 +86,11 @@ def credit_quality(credit: torch.Tensor, student_logprobs: torch.Tensor, rewards
             correct += 1
             add("correct_digit_share", float(magnitude[digits].sum() / magnitude.sum()))
             add("correct_digit_share_uniform", float(digits.float().mean()))
-    metrics = {f"credit/{name}": value / (correct if name.startswith("correct") else wrong)
-               for name, value in sums.items()}
+    # Every key always, NaN for an empty selection: data-parallel ranks average them (distributed.reduce_metrics).
+    names = [f"first_error_{kind}{suffix}" for kind in ("top1", "rank") for suffix in ("", "_random", "_student_logprob")]
+    names += ["correct_digit_share", "correct_digit_share_uniform"]
+    metrics = {}
+    for name in names:
+        count = correct if name.startswith("correct") else wrong
+        metrics[f"credit/{name}"] = sums[name] / count if count else float("nan")
     return metrics | {"credit/wrong_located": float(wrong), "credit/correct_credited": float(correct)}

@@ -1,5 +1,7 @@
 """Credit against ground truth (rlsd_lab/credit_quality.py): ranks, ties, baselines, the token mapping."""
 
+import math
+
 import pytest
 import torch
 
@@ -32,6 +34,12 @@ def test_credit_that_blames_the_first_error_scores_one_and_digit_share_by_hand()
     assert metrics["credit/first_error_top1_student_logprob"] == 0.0  # the student's least likely token is 0
     assert metrics["credit/correct_digit_share"] == pytest.approx(3.0 / 4.0)  # digits "1", "2": 1 + 2 of 4
     assert metrics["credit/correct_digit_share_uniform"] == pytest.approx(0.5)
+
+
+def test_an_empty_selection_gives_nan_not_a_missing_key():
+    metrics = credit_quality(torch.ones(1, 3), torch.zeros(1, 3), torch.ones(1), [3], [None], [list("1+2")])
+    assert math.isnan(metrics["credit/first_error_top1"]) and math.isnan(metrics["credit/first_error_rank_random"])
+    assert metrics["credit/wrong_located"] == 0 and metrics["credit/correct_credited"] == 1
 
 
 def test_first_error_positions_map_characters_to_tokens_including_eos():
