@@ -100,10 +100,10 @@ leakage-fixed:  # OPSD's three supports with the fixed teacher, the GRPO and RLS
 		hydra.sweep.dir=$(LEAKAGE_DIR)/variants/fixed
 	$(LEAKAGE) method=grpo,rlsd hydra.sweep.dir=$(LEAKAGE_DIR)/references
 	$(LEAKAGE) method=opsd method.lr=1.0e-3 hydra.sweep.dir=$(LEAKAGE_DIR)/learning_rate
-leakage-live:  # the same with the live teacher, then the base policy's shortcut share (0 = the control)
+leakage-live:  # the same with the live teacher, then the base policy without shortcuts (the control; 0.3 is the default)
 	$(LEAKAGE) method=opsd method.support=full,teacher_top1,student_top1 method.teacher.mode=live \
 		hydra.sweep.dir=$(LEAKAGE_DIR)/variants/live
-	$(LEAKAGE) method=opsd model.bootstrap.shortcut_share=0.0,0.6 hydra.sweep.dir=$(LEAKAGE_DIR)/shortcut_share
+	$(LEAKAGE) method=opsd model.bootstrap.shortcut_share=0.0 hydra.sweep.dir=$(LEAKAGE_DIR)/shortcut_share
 leakage-figures:
 	$(PY) -m analysis.stability $(LEAKAGE_ARMS) --out $(LEAKAGE_DIR)/figures/variants
 	$(PY) -m analysis.table $(LEAKAGE_ARMS) --out $(LEAKAGE_DIR)/figures/variants
