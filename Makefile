@@ -117,8 +117,7 @@ figures: setup
 	$(PY) -m analysis.stability $(RUNS) --out $(FIGURES)
 	$(PY) -m analysis.table $(RUNS) --out $(FIGURES)
 	$(PY) -m analysis.credit_quality $(RUNS) --out $(FIGURES)
-	$(PY) -m analysis.token_credit $$(find $(firstword $(RUNS)) -maxdepth 2 -type d -name '*rlsd_seed1' | sort | head -n 1) \
-		--out $(FIGURES)
+	$(PY) -m analysis.token_credit $(firstword $(RUNS)) --out $(FIGURES)
 
 # Each benchmark compares side by side in one run and writes JSON to bench_results/ (README, "Benchmarks").
 bench: setup

@@ -57,9 +57,10 @@ def credit_figure(runs: pd.DataFrame, out_dir: Path, name: str = "credit_quality
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    columns = max(1, min(4, 150 // max(len(label) for label in legend)))  # long variant names: fewer columns
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=columns, fontsize=8, frameon=False)
     fig.suptitle("Credit against ground truth (wrong responses: where does each method put the blame?)")
-    fig.tight_layout(rect=(0, 0.06 * (1 + len(legend) // 4), 1, 1))
+    fig.tight_layout(rect=(0, min(0.6, 0.06 * (1 + len(legend) // columns)), 1, 1))
     return save_figure(fig, out_dir, name)
 
 

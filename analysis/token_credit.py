@@ -25,6 +25,7 @@ from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from analysis.runs import find_run_dirs, run_labels  # noqa: E402
 from methods import build_objective  # noqa: E402
 from rlsd_lab.credit import credits_on_fresh_rollouts  # noqa: E402
 from rlsd_lab.credit_quality import first_error_positions  # noqa: E402
@@ -107,6 +108,17 @@ def credit_html(panels: list[CreditPanel], title: str, path: Path) -> Path:
     return path
 
 
+def final_policy_under(path: Path) -> Path:
+    """`path`'s final_policy, or that of the first run below it with one, RLSD runs first (by seed, then name)."""
+    if (path / "final_policy").exists():
+        return path / "final_policy"
+    labelled = [run_labels(run) for run in find_run_dirs([path]) if (run / "final_policy").exists()]
+    if not labelled:
+        raise FileNotFoundError(f"no run with a final_policy/ at or below {path}")
+    first = min(labelled, key=lambda label: (label["method"] != "rlsd", label["seed"], label["run"]))
+    return Path(first["run"]) / "final_policy"
+
+
 def method_objectives(beta_h: float) -> dict:
     """The four objectives with the defaults of conf/method/*.yaml (hybrid with the given beta_h)."""
     loss = OmegaConf.load(ROOT / "conf" / "config.yaml").loss
@@ -121,7 +133,8 @@ def method_objectives(beta_h: float) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, nargs="?", help="a run directory (uses its final_policy)")
+    parser.add_argument("run", type=Path, nargs="?", help="a run directory (uses its final_policy), or a folder of "
+                        "runs (uses the first RLSD run's, else the first run's)")
     parser.add_argument("--policy", type=Path, help="a model directory instead of a run's final_policy")
     parser.add_argument("--out", type=Path, default=Path("figures"))
     parser.add_argument("--beta-h", type=float, default=0.1)
@@ -129,9 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tries", type=int, default=20, help="problems to try for a group with A != 0")
     args = parser.parse_args(argv)
-    policy = args.policy or (args.run / "final_policy" if args.run else None)
-    if policy is None:
+    if args.policy is None and args.run is None:
         parser.error("give a run directory or --policy")
+    policy = args.policy or final_policy_under(args.run)
     model, tokenizer = load_policy(policy)
     task_cfg = OmegaConf.load(ROOT / "conf" / "task" / "arith.yaml")
     task = build_task(task_cfg)
