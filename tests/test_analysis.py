@@ -147,3 +147,14 @@ def test_wandb_offline_run_reads_like_its_csv(tmp_path, tiny_model, tokenizer):
     merged = from_csv.merge(from_wandb, on=key, suffixes=("_csv", "_wandb"))
     assert len(merged) == len(from_csv) > 50
     assert (merged["value_csv"] - merged["value_wandb"]).abs().max() < 1e-6
+
+
+def test_token_credit_picks_the_first_rlsd_run_of_a_folder(runs_root):
+    from analysis.token_credit import final_policy_under
+
+    for name in ("a", "c", "d"):
+        (runs_root / name / "final_policy").mkdir()
+    assert final_policy_under(runs_root) == runs_root / "c" / "final_policy"  # the RLSD run, before GRPO's
+    assert final_policy_under(runs_root / "a") == runs_root / "a" / "final_policy"
+    with pytest.raises(FileNotFoundError, match="no run with a final_policy"):
+        final_policy_under(runs_root / "b")
