@@ -34,7 +34,7 @@ from rlsd_lab.logprobs import TeacherStates, response_hidden, response_logprobs
 from rlsd_lab.models import initial_weights
 from rlsd_lab.prompts import ANSWER_MARKER, PromptRenderer, reference_text
 from rlsd_lab.resume import CHECKPOINT_KEY, rng_state, set_rng_state
-from rlsd_lab.rollout import SamplingParams, build_engine
+from rlsd_lab.rollout import HFRolloutEngine, SamplingParams, build_engine, stop_token_ids
 from rlsd_lab.rollout.mismatch import logprob_mismatch, truncated_is_weights
 from rlsd_lab.sharding import full_value, gathered, is_sharded, shard_model
 from rlsd_lab.tasks.problem import Problem
@@ -156,8 +156,8 @@ class RLModule(L.LightningModule):
         if self.teacher.mode == "fixed" and self._fixed_teacher_accuracy is not None:
             return self._fixed_teacher_accuracy
         weights = self.model if self.teacher.frozen is None else self.teacher.frozen
-        engine = self.engine if weights is self.model and self.cfg.rollout.name == "hf" else build_engine(
-            "hf", weights, self.tokenizer, seed=0)
+        engine = self.engine if weights is self.model and self.cfg.rollout.name == "hf" else HFRolloutEngine(
+            weights, self.tokenizer.pad_token_id, stop_token_ids(self.model, self.tokenizer))
         result = self._greedy_validation(engine, weights, self.teacher_reference)
         metrics = {"teacher/val_accuracy": result["accuracy"], "teacher/val_response_length": result["response_length"]}
         if self.teacher.mode == "fixed":

@@ -39,4 +39,5 @@ def build_engine(name: str, model, tokenizer, seed: int, **options) -> RolloutEn
     return ENGINES[name](model, tokenizer.pad_token_id, stop_token_ids(model, tokenizer), seed=seed, **options)
 
 
-__all__ = ["ENGINES", "RolloutBatch", "RolloutEngine", "SamplingParams", "build_engine", "stop_token_ids"]
+__all__ = ["ENGINES", "HFRolloutEngine", "RolloutBatch", "RolloutEngine", "SamplingParams", "build_engine",
+           "stop_token_ids"]
