@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-vllm base-policy demo demo-grpo-rlsd demo-hybrid-opsd test bench paper paper-grpo-rlsd paper-hybrid-opsd ablation ablation-linear \
+.PHONY: setup setup-vllm base-policy demo test bench paper methods-grpo-rlsd methods-hybrid-opsd ablation ablation-linear \
 	ablation-constant leakage leakage-fixed leakage-live leakage-figures figures clean
 
 $(STAMP): pyproject.toml
@@ -29,10 +29,7 @@ timed = start=$$(date +%s); $(2) && \
 DEMO_DIR ?= multirun/demo
 demo: base-policy
 	rm -rf $(DEMO_DIR)
-	$(call timed,$(DEMO_DIR),$(SIDE_BY_SIDE) demo-grpo-rlsd demo-hybrid-opsd && \
-		$(MAKE) figures RUNS=$(DEMO_DIR) FIGURES=$(DEMO_DIR)/figures)
-demo-grpo-rlsd demo-hybrid-opsd: demo-%:
-	$(SWEEP) experiment=demo method=$(subst -,$(comma),$*) hydra.sweep.dir=$(DEMO_DIR)/$*
+	$(call timed,$(DEMO_DIR),$(call four_methods,demo,$(DEMO_DIR)))
 
 # Builds the embedded base policy (or finds it cached) and prints its premise: once, before sweeps run side by side.
 base-policy: setup
@@ -67,10 +64,13 @@ SIDE_BY_SIDE = $(MAKE) -j2 --output-sync=line --no-print-directory
 PAPER_DIR ?= multirun/paper
 paper: base-policy
 	rm -rf $(PAPER_DIR)
-	$(call timed,$(PAPER_DIR),$(SIDE_BY_SIDE) paper-grpo-rlsd paper-hybrid-opsd && \
-		$(MAKE) figures RUNS=$(PAPER_DIR) FIGURES=$(PAPER_DIR)/figures)
-paper-grpo-rlsd paper-hybrid-opsd: paper-%:
-	$(SWEEP) experiment=comparison method=$(subst -,$(comma),$*) hydra.sweep.dir=$(PAPER_DIR)/$*
+	$(call timed,$(PAPER_DIR),$(call four_methods,comparison,$(PAPER_DIR)))
+
+# $(call four_methods,EXPERIMENT,DIR): GRPO+RLSD and hybrid+OPSD as two sweeps side by side into DIR, then figures.
+four_methods = $(SIDE_BY_SIDE) EXPERIMENT=$(1) SWEEP_DIR=$(2) methods-grpo-rlsd methods-hybrid-opsd && \
+	$(MAKE) figures RUNS=$(2) FIGURES=$(2)/figures
+methods-grpo-rlsd methods-hybrid-opsd: methods-%:
+	$(SWEEP) experiment=$(EXPERIMENT) method=$(subst -,$(comma),$*) hydra.sweep.dir=$(SWEEP_DIR)/$*
 comma := ,
 
 # RLSD's eps_w x lambda schedule, 3 seeds (conf/experiment/rlsd_ablation.yaml), then figures.
