@@ -1,8 +1,8 @@
 """Wall time of the demo pipeline, measured in this run, next to the last full `make demo` if one was recorded.
 
-A full `make demo` (base policy + four methods x 100 steps + figures) takes longer than `make bench` may, so this
-runs the same pipeline with `--steps` RL steps per method (same base policy, validation, figures) and reports its
-wall time; `make demo` writes its own wall time to multirun/demo/wall_time.json, which is reported alongside.
+A full `make demo` (base policy + four methods x 60 steps, two sweeps side by side + figures) takes longer than
+`make bench` may, so this runs the four methods in one sweep with `--steps` RL steps each (same base policy,
+validation, figures) and reports its wall time; `make demo` writes its own wall time to multirun/demo/wall_time.json, which is reported alongside.
 
     python benchmarks/demo_time.py --out bench_results/demo_time.json
 """
