@@ -28,7 +28,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from analysis.runs import find_run_dirs, run_labels  # noqa: E402
 from methods import build_objective  # noqa: E402
 from rlsd_lab.credit import credits_on_fresh_rollouts  # noqa: E402
-from rlsd_lab.credit_quality import first_error_positions  # noqa: E402
+from rlsd_lab.credit_quality import decoded_tokens, first_error_positions  # noqa: E402
 from rlsd_lab.models import load_policy  # noqa: E402
 from rlsd_lab.tasks import build_task  # noqa: E402
 from rlsd_lab.verifiers import build_verifier  # noqa: E402
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         error = None
         if outcome == "wrong":
             text = tokenizer.decode(response, skip_special_tokens=True)
-            pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in response]
-            error = first_error_positions([text], [problem], task.first_error, [pieces], [length])[0]
+            error = first_error_positions([text], [problem], task.first_error, [decoded_tokens(tokenizer, response)],
+                                          [length])[0]
         advantage = float(credits["grpo"][row, 0])
         panels.append(CreditPanel(f"{outcome} response (reward {float(scored.rewards[row]):.0f}, A={advantage:+.2f})",
                                   tokenizer.convert_ids_to_tokens(response),

@@ -104,6 +104,33 @@ def collate(tokenizer, examples: list[tuple[str, str]]) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def check_bootstrap_config(cfg) -> None:
+    """Explains, naming the key, a `model.bootstrap` value the build could only trip over later."""
+    def share(key: str, value) -> None:
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"model.bootstrap.{key} must be a number in [0, 1], got {value!r}")
+
+    band = list(cfg.target_accuracy)
+    if len(band) != 2:
+        raise ValueError(f"model.bootstrap.target_accuracy must be [low, high], got {band}")
+    for value in band:
+        share("target_accuracy", value)
+    if band[0] > band[1]:
+        raise ValueError(f"model.bootstrap.target_accuracy must be [low, high] with low <= high, got {band}")
+    for mode, bar in cfg.teacher_bars.items():
+        if mode not in REFERENCE_MODES:
+            raise unknown_choice("model.bootstrap.teacher_bars reference mode", mode, REFERENCE_MODES)
+        share(f"teacher_bars.{mode}", bar)
+    share("student_share", cfg.student_share)
+    share("shortcut_share", cfg.shortcut_share)
+    for key in ("lr", "lr_scale"):
+        if not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
+            raise ValueError(f"model.bootstrap.{key} must be a positive number, got {cfg[key]!r}")
+    for key in ("max_steps", "eval_every", "warmup_steps", "eval_size", "batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ValueError(f"model.bootstrap.{key} must be a positive integer, got {cfg[key]!r}")
+
+
 def premise_failures(premise: dict, cfg) -> list[str]:
     """The bars `premise` (greedy accuracies by prompt) misses, in words; empty when the premise holds."""
     low, high = cfg.target_accuracy
@@ -230,6 +257,7 @@ def describe_premise(premise: dict) -> str:
 
 def ensure_base_policy(model_cfg, task_cfg) -> Path:
     """Path of the cached base policy for this config, training (and proving) it first if it is not cached yet."""
+    check_bootstrap_config(model_cfg.bootstrap)
     final = cache_root() / "base_policy" / cache_key(model_cfg, task_cfg)
     premise = cached_premise(final, model_cfg.bootstrap)
     if premise is not None:

@@ -65,7 +65,8 @@ def alternate_outcomes(rewards: torch.Tensor, advantages: torch.Tensor, count: i
     correct = [i for i in informative if rewards[i] >= 1.0]
     wrong = [i for i in informative if rewards[i] < 1.0]
     turns = [i for pair in zip(correct, wrong) for i in pair]
-    rest = [i for i in informative if i not in set(turns)]
+    taken = set(turns)
+    rest = [i for i in informative if i not in taken]
     return (turns + rest)[:count]
 
 

@@ -22,6 +22,11 @@ from collections.abc import Callable
 import torch
 
 
+def decoded_tokens(tokenizer, ids: list[int]) -> list[str]:
+    """Each token's own decoded text (special tokens such as eos decode to ""), to map characters to tokens."""
+    return [tokenizer.decode([token], skip_special_tokens=True) for token in ids]
+
+
 def char_to_token(token_texts: list[str], char_index: int) -> int:
     """Index of the token whose decoded text covers `char_index`; an empty token (eos, decoded without special
     tokens) right after the text covers the position after it; len(token_texts) past the end."""

@@ -18,7 +18,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from methods import Objective, ScoredRollout
 from methods.grpo import group_advantages
 from rlsd_lab.credit import alternate_outcomes, objective_credit, write_credit_records
-from rlsd_lab.credit_quality import credit_quality, first_error_positions
+from rlsd_lab.credit_quality import credit_quality, decoded_tokens, first_error_positions
 from rlsd_lab.diagnostics import delta_by_outcome, leakage_rate, reasoning_mask, teacher_student_kl
 from rlsd_lab.distributed import (
     GradientSync,
@@ -62,6 +62,10 @@ def check_batch_config(cfg, world_size: int = 1) -> None:
                          f"cannot be split into train.mini_batches={cfg.train.mini_batches} equal mini-batches")
     if cfg.train.micro_batch_size < 1:
         raise ValueError("train.micro_batch_size must be at least 1 response")
+    early = cfg.train.get("val_early") or {}
+    if early and not (isinstance(early.get("until"), int) and early["until"] >= 0
+                      and isinstance(early.get("every"), int) and early["every"] >= 1):
+        raise ValueError(f"train.val_early needs until >= 0 and every >= 1 (integers), got {dict(early)}")
 
 
 def optimizer_steps_per_rollout(cfg) -> int:
@@ -339,8 +343,7 @@ class RLModule(L.LightningModule):
         metrics.update(self.validate_teacher())
         metrics.update(delta_by_outcome(scored))
         lengths = rollout.response_lengths().long().tolist()
-        token_texts = [[self.tokenizer.decode([t], skip_special_tokens=True) for t in ids[:n]]
-                       for ids, n in zip(rollout.response_ids.tolist(), lengths)]
+        token_texts = [decoded_tokens(self.tokenizer, ids[:n]) for ids, n in zip(rollout.response_ids.tolist(), lengths)]
         first_errors = (first_error_positions(texts, rows, self.error_locator, token_texts, lengths)
                         if self.error_locator else [None] * len(rows))
         if self.error_locator:

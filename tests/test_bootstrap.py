@@ -69,3 +69,18 @@ def test_a_build_that_misses_the_bars_within_its_budget_fails_naming_them(tmp_pa
                                            r"reference 0\.000 below model\.bootstrap\.teacher_bars\.answer=0\.8"):
         train_base_policy(model_cfg, task_cfg, tmp_path)
     assert not (tmp_path / "bootstrap.json").exists()
+
+
+@pytest.mark.parametrize("override, key", [("model.bootstrap.teacher_bars.answer=abc", "teacher_bars.answer"),
+                                           ("model.bootstrap.teacher_bars.answer=1.5", "teacher_bars.answer"),
+                                           ("+model.bootstrap.teacher_bars.hint=0.9", "teacher_bars reference mode"),
+                                           ("model.bootstrap.target_accuracy=[0.6,0.3]", "target_accuracy"),
+                                           ("model.bootstrap.student_share=-0.1", "student_share"),
+                                           ("model.bootstrap.lr_scale=0", "lr_scale"),
+                                           ("model.bootstrap.eval_every=0", "eval_every")])
+def test_a_bad_bootstrap_value_fails_before_any_build_naming_its_key(tmp_path, monkeypatch, override, key):
+    monkeypatch.setenv("RLSD_LAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(bootstrap, "train_base_policy", lambda *args: pytest.fail("built despite a bad config"))
+    cfg = compose_config([override])
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        ensure_base_policy(cfg.model, cfg.task)

@@ -54,6 +54,15 @@ def test_inconsistent_batch_settings_are_explained(tmp_path, model_dir):
         run(cfg, tmp_path / "run")
 
 
+@pytest.mark.parametrize("override", ["train.val_early.every=0", "train.val_early.until=-1",
+                                      "train.val_early.every=abc"])
+def test_a_bad_early_validation_schedule_fails_at_start_naming_its_key(tmp_path, model_dir, override):
+    cfg = compose_config(FAST + [f"model.path={model_dir}", override])
+    with pytest.raises(ValueError, match=r"train\.val_early needs until >= 0 and every >= 1"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
 def test_hydra_multirun_over_seeds_from_the_command_line(tmp_path, model_dir):
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "rlsd_lab.train", "-m", "seed=1,2", f"model.path={model_dir}",
