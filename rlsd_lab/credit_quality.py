@@ -92,7 +92,8 @@ def credit_quality(credit: torch.Tensor, student_logprobs: torch.Tensor, rewards
             add("correct_digit_share", float(magnitude[digits].sum() / magnitude.sum()))
             add("correct_digit_share_uniform", float(digits.float().mean()))
     # Every key always, NaN for an empty selection: data-parallel ranks average them (distributed.reduce_metrics).
-    names = [f"first_error_{kind}{suffix}" for kind in ("top1", "rank") for suffix in ("", "_random", "_student_logprob")]
+    names = [f"first_error_{kind}{suffix}" for kind in ("top1", "rank")
+             for suffix in ("", "_random", "_student_logprob")]
     names += ["correct_digit_share", "correct_digit_share_uniform"]
     metrics = {}
     for name in names:

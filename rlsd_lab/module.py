@@ -343,7 +343,8 @@ class RLModule(L.LightningModule):
         metrics.update(self.validate_teacher())
         metrics.update(delta_by_outcome(scored))
         lengths = rollout.response_lengths().long().tolist()
-        token_texts = [decoded_tokens(self.tokenizer, ids[:n]) for ids, n in zip(rollout.response_ids.tolist(), lengths)]
+        token_texts = [decoded_tokens(self.tokenizer, ids[:n])
+                       for ids, n in zip(rollout.response_ids.tolist(), lengths)]
         first_errors = (first_error_positions(texts, rows, self.error_locator, token_texts, lengths)
                         if self.error_locator else [None] * len(rows))
         if self.error_locator:
