@@ -1,113 +1,139 @@
-"""The interface every objective implements: per-token advantages, then the shared clipped surrogate.
+"""The interface every objective implements, and the registry that finds them.
 
-A new objective is one file here subclassing `Objective` (usually overriding only `token_advantages`) plus
-one yaml in conf/method/ whose `name` is registered in methods/__init__.py.
+An objective declares what it needs from the pipeline as data (`Needs`: a teacher and which reference, a
+full-vocabulary divergence, which groups the teacher must score) and implements two calls:
+
+- `token_advantages(experience)`: [B, T] per-token advantages (or, for a combination, one per part) from the
+  step's Experience (rlsd_lab/experience.py), plus metrics about them;
+- `per_token_loss(micro)`: the [b, T] loss of one micro-batch, plus [b, T] diagnostics.
+
+The trainer does the rest (rollout, verification, the teacher pass, aggregation over micro-batches, the KL and
+entropy regularisers, the optimiser). The credit a method gives each token (rlsd_lab/credit.py) is read off the
+same two calls: minus the derivative of the per-token loss with respect to the token's log-prob.
+
+A new objective is one file here (a subclass decorated with `@register_objective(name, ConfigDataclass)`; every
+module of this package is imported by methods/__init__.py) plus one yaml in conf/method/ that names its schema.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
+from hydra.core.config_store import ConfigStore
 
-from methods.policy_loss import clipped_surrogate, kl_penalty
+from methods.policy_loss import clipped_surrogate
+from rlsd_lab.config import TeacherConfig, bounded
+
+Advantages = torch.Tensor | Mapping[str, torch.Tensor]  # [B, T], or one [B, T] per part of a combination
+
+TEACHER_GROUPS = ("all", "informative", "negative")
 
 
-@dataclass
-class ScoredRollout:
-    """A verified rollout batch: rows are grouped, `group_size` consecutive rows per prompt.
+@dataclass(frozen=True)
+class Needs:
+    """What an objective asks the pipeline for, beyond the rollout and the verifier's rewards.
 
-    `student_logprobs` are log P_S(y_t) under the weights that generated the batch; `teacher_logprobs` the same
-    tokens under the privileged (reference-conditioned) prompt, present when the objective uses a teacher.
-    `reasoning_mask` marks the tokens before the final-answer span.
+    `teacher`: run the teacher pass with this teacher (Experience.delta_B_T). `divergence`: a per-token function
+    (student_logprobs_V, teacher_logprobs_V) -> loss, evaluated over the full vocabulary chunk by chunk into
+    MicroBatch.divergence (the teacher's hidden states are kept for it). `teacher_groups`: which groups the
+    teacher scores (all; informative = A != 0; negative = A < 0). `scale_by_std`: the group normalisation of A.
+    `reasoning_mask`: Experience.reasoning_mask_B_T, the tokens before the answer span.
     """
 
-    rewards: torch.Tensor  # [B]
-    response_mask: torch.Tensor  # [B, T]
-    group_size: int
-    student_logprobs: torch.Tensor | None = None  # [B, T]
-    teacher_logprobs: torch.Tensor | None = None  # [B, T]
-    reasoning_mask: torch.Tensor | None = None  # [B, T]
+    teacher: TeacherConfig | None = None
+    divergence: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    teacher_groups: str = "all"
+    scale_by_std: bool = True
+    reasoning_mask: bool = False
 
-    @property
-    def delta(self) -> torch.Tensor:
-        """Privileged-information gain Delta_t = log P_T(y_t) - log P_S(y_t), detached, 0 on padding."""
-        if self.teacher_logprobs is None or self.student_logprobs is None:
-            raise ValueError("Delta needs the teacher pass: this objective must set uses_teacher = True")
-        return ((self.teacher_logprobs - self.student_logprobs) * self.response_mask).detach()
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """What the loss sees of `b` responses: current log-probs (and divergence) carry gradients, the rest is fixed."""
+
+    logprobs: torch.Tensor  # [b, T] log pi_theta(y_t), with grad
+    old_logprobs: torch.Tensor  # [b, T] log pi_old(y_t)
+    advantages: Advantages  # [b, T] (or one per part), from token_advantages
+    response_mask: torch.Tensor  # [b, T]
+    is_weights: torch.Tensor | None = None  # [b, T] engine-mismatch importance weights (rollout.tis_cap)
+    delta: torch.Tensor | None = None  # [b, T] log P_T(y_t) - log P_S(y_t), when a teacher ran
+    divergence: torch.Tensor | None = None  # [b, T] Needs.divergence, with grad
+
+
+class LossOutput(NamedTuple):
+    loss: torch.Tensor  # [b, T]
+    metrics: dict[str, torch.Tensor]  # [b, T] each, averaged over tokens by the trainer
+    terms: dict[str, torch.Tensor] = {}  # named [b, T] parts whose gradient norms are logged (combinations)
 
 
 @dataclass
-class MicroBatch:
-    """What the loss sees for one micro-batch: current log-probs carry gradients, the rest is fixed."""
+class MethodConfig:
+    """The fields every conf/method/*.yaml has."""
 
-    logprobs: torch.Tensor  # [b, T], with grad
-    old_logprobs: torch.Tensor  # [b, T]
-    advantages: torch.Tensor  # [b, T] per-token advantage
-    entropy: torch.Tensor  # [b, T]
-    ref_logprobs: torch.Tensor | None = None  # [b, T] when a KL to a reference policy is used
-    delta: torch.Tensor | None = None  # [b, T] when the objective uses a teacher
-    divergence: torch.Tensor | None = None  # [b, T] full-vocabulary teacher-student loss, with grad
+    name: str = ""
+    lr: float = bounded(1e-4, 0.0, help="AdamW learning rate")
 
 
 class Objective(ABC):
-    """`cfg` is the method config; `loss_cfg` the shared surrogate config (clip ranges, KL, entropy).
-
-    `uses_teacher`: the trainer runs the teacher pass and fills `ScoredRollout.teacher_logprobs`.
-    `token_divergence`: when not None, a function (student_logprobs_full, teacher_logprobs_full) -> [..] that
-    the trainer evaluates chunk-wise over the vocabulary into `MicroBatch.divergence`.
-    """
+    """`cfg` is the method config (typed by the class's `config` schema); `loss_cfg` the shared surrogate's."""
 
     name: str
-    uses_teacher = False
-    token_divergence = None
+    config: type = MethodConfig
 
     def __init__(self, cfg, loss_cfg):
         self.cfg, self.loss_cfg = cfg, loss_cfg
+        self.needs = Needs()
 
     @abstractmethod
-    def token_advantages(self, rollout: ScoredRollout, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """[B, T] per-token advantage (zero on padding) and metrics about it."""
+    def token_advantages(self, experience) -> tuple[Advantages, dict[str, float]]:
+        """Per-token advantages (zero on padding) and metrics about them."""
 
-    def teacher_groups(self, rollout: ScoredRollout) -> torch.Tensor:
-        """[prompts] bool: the groups whose teacher log-probs this objective reads (all, unless it knows better)."""
-        return torch.ones(rollout.rewards.shape[0] // rollout.group_size, dtype=torch.bool)
-
-    def token_credit(self, rollout: ScoredRollout, step: int, divergence_credit: torch.Tensor | None) -> torch.Tensor:
-        """[B, T] effective per-token advantage (rlsd_lab/credit.py); `divergence_credit` is set for objectives
-        with a `token_divergence`."""
-        return self.token_advantages(rollout, step)[0]
-
-    def loss_terms(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
-        """Named [b, T] parts of the loss whose gradient norms are logged separately (hybrids); else empty."""
-        return {}
-
-    def surrogate(self, micro: MicroBatch, advantages: torch.Tensor) -> dict[str, torch.Tensor]:
-        cfg = self.loss_cfg
-        return clipped_surrogate(micro.logprobs, micro.old_logprobs, advantages, cfg.clip_low, cfg.clip_high,
-                                 cfg.dual_clip)
-
-    def policy_loss(self, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The objective's own [b, T] loss and diagnostics; by default the clipped surrogate on the advantages."""
+    def per_token_loss(self, micro: MicroBatch) -> LossOutput:
+        """By default the clipped surrogate on the micro-batch's advantages."""
         surrogate = self.surrogate(micro, micro.advantages)
-        return surrogate["loss"], {
+        return LossOutput(surrogate["loss"], {
             "policy_loss": surrogate["loss"].detach(),
             "pg_clipfrac_low": surrogate["clipped_low"],
             "pg_clipfrac_high": surrogate["clipped_high"],
             "pg_clipfrac_dual": surrogate["clipped_dual"],
-        }
+        })
 
-    def per_token_loss(self, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """[b, T] loss to be aggregated by the trainer, and [b, T] diagnostics it averages over tokens."""
+    def surrogate(self, micro: MicroBatch, advantages: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The shared clipped surrogate on `advantages`, importance-weighted toward the engine's policy: the
+        surrogate is positively homogeneous in the advantage, so scaling A_t by w_t >= 0 scales the token's
+        policy-gradient term by w_t."""
+        if micro.is_weights is not None:
+            advantages = advantages * micro.is_weights
         cfg = self.loss_cfg
-        loss, metrics = self.policy_loss(micro)
-        metrics["approx_kl_old"] = 0.5 * (micro.logprobs.detach() - micro.old_logprobs) ** 2
-        metrics["entropy"] = micro.entropy.detach()
-        if micro.ref_logprobs is not None and cfg.kl_coef > 0:
-            kl = kl_penalty(micro.logprobs, micro.ref_logprobs, cfg.kl_estimator)
-            loss = loss + cfg.kl_coef * kl
-            metrics["kl_ref"] = kl.detach()
-        if cfg.entropy_coef > 0:
-            loss = loss - cfg.entropy_coef * micro.entropy
-        return loss, metrics
+        return clipped_surrogate(micro.logprobs, micro.old_logprobs, advantages, cfg.clip_low, cfg.clip_high,
+                                 cfg.dual_clip)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(name: str, config: type):
+    """Class decorator: `method.name=<name>` builds this objective; `config` is its typed schema, stored in
+    Hydra's ConfigStore as `schema/method/<name>` for its yaml's defaults line."""
+
+    def register(cls: type[Objective]) -> type[Objective]:
+        if OBJECTIVES.get(name, cls) is not cls:
+            raise ValueError(f"two objectives are registered as {name!r}: {OBJECTIVES[name]} and {cls}")
+        cls.name, cls.config = name, config
+        OBJECTIVES[name] = cls
+        ConfigStore.instance().store(group="schema/method", name=name, node=config)
+        return cls
+
+    return register
+
+
+def teacher_config(cfg) -> TeacherConfig:
+    return TeacherConfig(**cfg.teacher)
+
+
+def teacher_field():
+    return field(default_factory=TeacherConfig)

@@ -1,14 +1,17 @@
 """GRPO: the verifier's outcome reward, normalised within each prompt's group, credits every token equally.
 
 A = (R - mean_G) / (std_G + eps). With `scale_by_std: false` (Dr. GRPO) A = R - mean_G.
-std is the unbiased sample std over the G responses, as in veRL and TRL.
+std is the unbiased sample std over the G responses, as in veRL and TRL. The pipeline computes A once per step
+(Experience.sequence_advantages_B) with this objective's `scale_by_std`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from methods.base import Objective, ScoredRollout
+from methods.base import MethodConfig, Needs, Objective, register_objective
 
 EPS = 1e-6
 
@@ -30,14 +33,19 @@ def zero_variance_fraction(rewards: torch.Tensor, group_size: int) -> float:
     return float((grouped.max(dim=1).values == grouped.min(dim=1).values).float().mean())
 
 
+@dataclass
+class GRPOConfig(MethodConfig):
+    scale_by_std: bool = True  # false + loss.aggregation=seq-mean-token-sum-norm: Dr. GRPO
+
+
+@register_objective("grpo", GRPOConfig)
 class GRPO(Objective):
-    name = "grpo"
+    def __init__(self, cfg, loss_cfg):
+        super().__init__(cfg, loss_cfg)
+        self.needs = Needs(scale_by_std=cfg.scale_by_std)
 
-    def sequence_advantages(self, rollout: ScoredRollout) -> torch.Tensor:
-        return group_advantages(rollout.rewards, rollout.group_size, self.cfg.scale_by_std)
-
-    def token_advantages(self, rollout: ScoredRollout, step: int):
-        advantages = self.sequence_advantages(rollout)
-        metrics = {"zero_variance_groups": zero_variance_fraction(rollout.rewards, rollout.group_size),
+    def token_advantages(self, experience):
+        advantages = experience.sequence_advantages_B
+        metrics = {"zero_variance_groups": zero_variance_fraction(experience.rewards_B, experience.group_size),
                    "advantage_abs_mean": float(advantages.abs().mean())}
-        return advantages[:, None] * rollout.response_mask, metrics
+        return advantages[:, None] * experience.response_mask_B_T, metrics

@@ -1,62 +1,57 @@
-"""GRPO+OPSD, the naive hybrid. `mix: loss`: (1 - beta_h) L_GRPO + beta_h L_OPSD. `mix: advantage`:
-A_hat_t = A + beta_h Delta_t in the GRPO surrogate. beta_h has no published value and no default: it must be
-set (e.g. `method.beta_h=0.1`). The two terms' gradient norms are logged (`grad_norm/grpo`, `grad_norm/opsd`).
+"""GRPO+OPSD, the naive hybrid: a combination of the GRPO and OPSD objectives, each computing its own part.
+
+`mix: loss`: (1 - beta_h) L_GRPO + beta_h L_OPSD, OPSD in its configured form. `mix: advantage`:
+A_hat_t = A + beta_h Delta_t in the GRPO surrogate (OPSD's sampled-token advantage; its `form` is not read).
+beta_h has no published value and no default: it must be set (e.g. `method.beta_h=0.1`). Each part's gradient
+norm is logged on diagnostic steps (`grad_norm/grpo`, `grad_norm/opsd`), from the part's own advantages.
 """
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
+from dataclasses import dataclass, field, replace
 
-from methods.base import MicroBatch, ScoredRollout
-from methods.grpo import GRPO
-from methods.opsd import OPSD
-from rlsd_lab.choices import check_choice
+from omegaconf import MISSING, OmegaConf
+
+from methods.base import LossOutput, MicroBatch, Needs, Objective, register_objective, teacher_config
+from methods.grpo import GRPO, GRPOConfig
+from methods.opsd import OPSD, DistillationConfig
+from rlsd_lab.config import TeacherConfig, bounded, choice
 
 MIXES = ("loss", "advantage")
 
 
-class Hybrid(GRPO):
-    name = "hybrid"
-    uses_teacher = True
+@dataclass
+class HybridConfig(GRPOConfig):
+    beta_h: float = bounded(MISSING, 0.0, 1.0, help="no published value; sweep it, e.g. method.beta_h=0.1")
+    mix: str = choice("loss", MIXES)
+    opsd: DistillationConfig = field(default_factory=DistillationConfig)
+    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(mode="fixed", reference="solution"))
 
+
+@register_objective("hybrid", HybridConfig)
+class Hybrid(Objective):
     def __init__(self, cfg, loss_cfg):
         super().__init__(cfg, loss_cfg)
-        if OmegaConf.is_missing(cfg, "beta_h") or cfg.beta_h is None:
-            raise ValueError("method=hybrid needs method.beta_h (no published value; sweep it, e.g. "
-                             "method.beta_h=0.1)")
-        check_choice("hybrid mix", cfg.mix, MIXES)
-        self.opsd = OPSD(cfg.opsd, loss_cfg)
-        self.token_divergence = self.opsd.token_divergence if cfg.mix == "loss" else None
+        opsd_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.opsd), "teacher": OmegaConf.to_container(cfg.teacher),
+                                     "form": cfg.opsd.form if cfg.mix == "loss" else "sampled_token"})
+        self.parts = {"grpo": GRPO(cfg, loss_cfg), "opsd": OPSD(opsd_cfg, loss_cfg)}
+        self.beta = cfg.beta_h
+        self.needs = Needs(teacher=teacher_config(cfg), divergence=self.parts["opsd"].needs.divergence,
+                           scale_by_std=cfg.scale_by_std)
 
-    def token_advantages(self, rollout: ScoredRollout, step: int):
-        advantages, metrics = super().token_advantages(rollout, step)
+    def token_advantages(self, experience):
+        parts = {name: part.token_advantages(experience) for name, part in self.parts.items()}
+        return {name: advantages for name, (advantages, _) in parts.items()}, parts["grpo"][1]
+
+    def per_token_loss(self, micro: MicroBatch) -> LossOutput:
+        beta, advantages = self.beta, micro.advantages
         if self.cfg.mix == "advantage":
-            advantages = advantages + self.cfg.beta_h * rollout.delta
-        return advantages, metrics
-
-    def token_credit(self, rollout: ScoredRollout, step: int, divergence_credit):
-        if self.cfg.mix == "advantage":
-            return self.token_advantages(rollout, step)[0]
-        grpo_credit = super().token_advantages(rollout, step)[0]
-        opsd_credit = self.opsd.token_credit(rollout, step, divergence_credit)
-        return (1 - self.cfg.beta_h) * grpo_credit + self.cfg.beta_h * opsd_credit
-
-    def loss_terms(self, micro: MicroBatch):
-        beta = self.cfg.beta_h
-        if self.cfg.mix == "advantage":
-            grpo_part = micro.advantages - beta * micro.delta
-            return {"grpo": self.surrogate(micro, grpo_part)["loss"],
-                    "opsd": self.surrogate(micro, beta * micro.delta)["loss"]}
-        return {"grpo": (1 - beta) * self.surrogate(micro, micro.advantages)["loss"],
-                "opsd": beta * self._opsd_loss(micro)}
-
-    def _opsd_loss(self, micro: MicroBatch):
-        return self.opsd.policy_loss(MicroBatch(**{**vars(micro), "advantages": micro.delta}))[0]
-
-    def policy_loss(self, micro: MicroBatch):
-        loss, metrics = super().policy_loss(micro)
-        if self.cfg.mix == "advantage":
-            return loss, metrics
-        opsd = self._opsd_loss(micro)
-        beta = self.cfg.beta_h
-        return (1 - beta) * loss + beta * opsd, metrics | {"opsd_term": opsd.detach()}
+            surrogate = self.parts["grpo"].per_token_loss(replace(
+                micro, advantages=advantages["grpo"] + beta * advantages["opsd"]))
+            terms = {"grpo": self.parts["grpo"].surrogate(micro, advantages["grpo"])["loss"],
+                     "opsd": self.parts["grpo"].surrogate(micro, beta * advantages["opsd"])["loss"]}
+            return LossOutput(surrogate.loss, surrogate.metrics, terms)
+        grpo = self.parts["grpo"].per_token_loss(replace(micro, advantages=advantages["grpo"]))
+        opsd = self.parts["opsd"].per_token_loss(replace(micro, advantages=advantages["opsd"]))
+        terms = {"grpo": (1 - beta) * grpo.loss, "opsd": beta * opsd.loss}
+        return LossOutput(terms["grpo"] + terms["opsd"], grpo.metrics | {"opsd_term": opsd.loss.detach()}, terms)

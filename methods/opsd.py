@@ -9,38 +9,49 @@ surrogate (score function: -Delta_t log P_S(y_t)); never d(log P_T - log P_S) di
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Optional
 
 import torch
 
-from methods.base import MicroBatch, Objective, ScoredRollout
+from methods.base import LossOutput, MethodConfig, MicroBatch, Needs, Objective, register_objective, teacher_config
 from methods.divergences import SUPPORTS, token_divergence
-from rlsd_lab.choices import check_choice
+from rlsd_lab.config import TeacherConfig, bounded, choice
 
 FORMS = ("divergence", "sampled_token")
 
 
-class OPSD(Objective):
-    name = "opsd"
-    uses_teacher = True
+@dataclass
+class DistillationConfig:
+    """The distillation term (also the OPSD part of the hybrid)."""
 
+    form: str = choice("divergence", FORMS)
+    support: str = choice("full", SUPPORTS, "full: JSD_beta; teacher_top1 / student_top1: leakage-bandwidth variants")
+    beta: float = bounded(0.5, 0.0, 1.0, help="JSD_beta: 0 = forward KL(T||S), 1 = reverse KL(S||T)")
+    divergence_clip: Optional[float] = bounded(None, 0.0, low_open=True, help="per-token cap; null: off")
+
+
+@dataclass
+class OPSDConfig(MethodConfig, DistillationConfig):
+    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(mode="fixed", reference="solution"))
+
+
+@register_objective("opsd", OPSDConfig)
+class OPSD(Objective):
     def __init__(self, cfg, loss_cfg):
         super().__init__(cfg, loss_cfg)
-        check_choice("OPSD form", cfg.form, FORMS)
-        check_choice("OPSD support", cfg.support, SUPPORTS)
+        divergence = None
         if cfg.form == "divergence":
-            self.token_divergence = partial(token_divergence, support=cfg.support, beta=cfg.beta,
-                                            clip=cfg.divergence_clip)
+            divergence = partial(token_divergence, support=cfg.support, beta=cfg.beta, clip=cfg.divergence_clip)
+        self.needs = Needs(teacher=teacher_config(cfg), divergence=divergence)
 
-    def token_advantages(self, rollout: ScoredRollout, step: int):
+    def token_advantages(self, experience):
         if self.cfg.form == "sampled_token":
-            return rollout.delta, {}
-        return torch.zeros_like(rollout.response_mask), {}
+            return experience.delta_B_T, {}
+        return torch.zeros_like(experience.response_mask_B_T), {}
 
-    def token_credit(self, rollout: ScoredRollout, step: int, divergence_credit):
-        return divergence_credit if self.cfg.form == "divergence" else rollout.delta
-
-    def policy_loss(self, micro: MicroBatch):
+    def per_token_loss(self, micro: MicroBatch) -> LossOutput:
         if self.cfg.form == "sampled_token":
-            return super().policy_loss(micro)
-        return micro.divergence, {"opsd_divergence": micro.divergence.detach()}
+            return super().per_token_loss(micro)
+        return LossOutput(micro.divergence, {"opsd_divergence": micro.divergence.detach()})

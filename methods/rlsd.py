@@ -2,20 +2,35 @@
 
     w_t = exp(sign(A) * Delta_t),   A_hat_t = A * [(1 - lambda) + lambda * clip(w_t, 1 - eps_w, 1 + eps_w)]
 
-The clip is on w, so sign(A_hat_t) = sign(A) always; A = 0 (a group all right or all wrong) gives no signal.
-lambda decays linearly from lambda_0 to 0 over `decay_steps` (paper: 0.5 over 50 steps), or stays constant.
-`negative_only` reweights only sequences with A < 0; `reasoning_only` only tokens before the answer span.
+The clip is on w, so sign(A_hat_t) = sign(A) always; A = 0 (a group all right or all wrong) gives no signal, so
+the teacher pass skips those groups. lambda decays linearly from lambda_0 to 0 over `decay_steps` (paper: 0.5
+over 50 steps), or stays constant. `negative_only` reweights only sequences with A < 0; `reasoning_only` only
+tokens before the answer span.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from methods.base import ScoredRollout
-from methods.grpo import GRPO
+from methods.base import Needs, register_objective, teacher_config, teacher_field
+from methods.grpo import GRPO, GRPOConfig
 from rlsd_lab.choices import unknown_choice
+from rlsd_lab.config import TeacherConfig, bounded, choice
 
 SCHEDULES = ("linear", "constant")
+
+
+@dataclass
+class RLSDConfig(GRPOConfig):
+    eps_w: float = bounded(0.2, 0.0, 1.0, low_open=True, help="clip of w to [1 - eps_w, 1 + eps_w]")
+    lambda_0: float = bounded(0.5, 0.0, 1.0, help="weight of the teacher's magnitude at step 0")
+    decay_steps: int = bounded(50, 1, help="linear schedule: steps from lambda_0 to 0 (paper 50)")
+    schedule: str = choice("linear", SCHEDULES)
+    negative_only: bool = False
+    reasoning_only: bool = False
+    teacher: TeacherConfig = teacher_field()
 
 
 def rlsd_lambda(step: int, lambda_0: float, decay_steps: int, schedule: str) -> float:
@@ -33,33 +48,31 @@ def rlsd_advantages(advantages: torch.Tensor, delta: torch.Tensor, lam: float, e
     return advantages[:, None] * ((1.0 - lam) + lam * w)
 
 
+@register_objective("rlsd", RLSDConfig)
 class RLSD(GRPO):
-    name = "rlsd"
-    uses_teacher = True
+    def __init__(self, cfg, loss_cfg):
+        super().__init__(cfg, loss_cfg)
+        self.needs = Needs(teacher=teacher_config(cfg), scale_by_std=cfg.scale_by_std,
+                           teacher_groups="negative" if cfg.negative_only else "informative",
+                           reasoning_mask=cfg.reasoning_only)
 
-    def teacher_groups(self, rollout: ScoredRollout) -> torch.Tensor:
-        """Only groups with A != 0 (A < 0 with `negative_only`) use Delta: the teacher pass skips the others."""
-        advantages = self.sequence_advantages(rollout).view(-1, rollout.group_size)
-        used = advantages < 0 if self.cfg.negative_only else advantages != 0
-        return used.any(dim=1)
-
-    def token_advantages(self, rollout: ScoredRollout, step: int):
+    def token_advantages(self, experience):
         cfg = self.cfg
-        base, grpo_metrics = super().token_advantages(rollout, step)
-        sequence_advantages = self.sequence_advantages(rollout)
-        delta = rollout.delta
-        lam = rlsd_lambda(step, cfg.lambda_0, cfg.decay_steps, cfg.schedule)
+        base, grpo_metrics = super().token_advantages(experience)
+        sequence_advantages, delta = experience.sequence_advantages_B, experience.delta_B_T
+        mask = experience.response_mask_B_T
+        lam = rlsd_lambda(experience.step, cfg.lambda_0, cfg.decay_steps, cfg.schedule)
         reweighted = rlsd_advantages(sequence_advantages, delta, lam, cfg.eps_w)
-        keep = rollout.response_mask.bool()
+        keep = mask.bool()
         if cfg.negative_only:
             keep = keep & (sequence_advantages < 0)[:, None]
-        if cfg.reasoning_only and rollout.reasoning_mask is not None:
-            keep = keep & rollout.reasoning_mask.bool()
-        advantages = torch.where(keep, reweighted, base) * rollout.response_mask
-        return advantages, grpo_metrics | self._metrics(sequence_advantages, delta, rollout, advantages, base, lam)
+        if cfg.reasoning_only and experience.reasoning_mask_B_T is not None:
+            keep = keep & experience.reasoning_mask_B_T.bool()
+        advantages = torch.where(keep, reweighted, base) * mask
+        return advantages, grpo_metrics | self._metrics(sequence_advantages, delta, mask, advantages, base, lam)
 
-    def _metrics(self, sequence_advantages, delta, rollout, advantages, base, lam) -> dict[str, float]:
-        mask = rollout.response_mask.bool()
+    def _metrics(self, sequence_advantages, delta, response_mask, advantages, base, lam) -> dict[str, float]:
+        mask = response_mask.bool()
         informative = mask & (sequence_advantages != 0)[:, None]
         w = torch.exp(torch.sign(sequence_advantages)[:, None] * delta)
         count = max(int(informative.sum()), 1)

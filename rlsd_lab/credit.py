@@ -1,8 +1,10 @@
-"""Per-token credit: what each objective does to each token of a response, for export and side-by-side plots.
+"""Per-token credit: what an objective does to each token of a response, for export and side-by-side plots.
 
-Credit is the effective per-token advantage (the weight on grad log P_S(y_t) in the update). For the
-divergence form of OPSD, which has no advantage, it is minus the derivative of the token's divergence with
-respect to log P_S(y_t) of the sampled token (computed here by autograd, chunk by chunk).
+Credit is the weight the update puts on grad log P_S(y_t): minus the derivative of the objective's own per-token
+loss with respect to the sampled token's log-prob, at pi_old (ratio 1). It is read off the objective's two calls
+(token_advantages, then per_token_loss), so every objective has one, a new one included: for a clipped-surrogate
+objective it is its per-token advantage (times the importance weight), for the divergence form of OPSD minus the
+divergence's derivative at the sampled token, for a combination the mix of its parts'.
 """
 
 from __future__ import annotations
@@ -12,50 +14,33 @@ from pathlib import Path
 
 import torch
 
-from methods import Objective, ScoredRollout
-from rlsd_lab.evaluation import decode_responses
-from rlsd_lab.logprobs import TeacherStates, response_hidden, vocab_logprobs
-from rlsd_lab.prompts import PromptRenderer, reference_text
-from rlsd_lab.rollout import SamplingParams, build_engine
-from rlsd_lab.teacher import TeacherPass
+from methods import MicroBatch, Objective
+from rlsd_lab.experience import Experience, rows_of
+from rlsd_lab.logprobs import HiddenStates, TokenScorer
 
 
-def divergence_credit(divergence_fn, student: TeacherStates, teacher: TeacherStates, targets: torch.Tensor,
-                      temperature: float, chunk_size: int) -> torch.Tensor:
-    """[B, T] -dD_t / d log P_S(y_t), with D the objective's per-token divergence."""
+@torch.enable_grad()
+def token_credit(objective: Objective, experience: Experience, *, student: HiddenStates, scorer: TokenScorer,
+                 micro_batch_size: int) -> torch.Tensor:
+    """[B, T] credit (0 on padding). `student`: the policy's hidden states of the responses at pi_old, for the
+    full-vocabulary divergence of objectives that have one; `micro_batch_size` rows are scored at a time."""
+    response_ids = experience.rollout.response_ids
     credits = []
-    for start in range(0, targets.shape[1], chunk_size):
-        window = slice(start, start + chunk_size)
-        with torch.no_grad():
-            t = vocab_logprobs(teacher.head, teacher.hidden[:, window], temperature)
-            s = vocab_logprobs(student.head, student.hidden[:, window], temperature)
-        with torch.enable_grad():
-            s = s.clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(divergence_fn(s, t).sum(), s)
-        credits.append(-grad.gather(-1, targets[:, window, None]).squeeze(-1))
-    return torch.cat(credits, dim=1)
-
-
-def objective_credit(objective: Objective, scored: ScoredRollout, step: int, student: TeacherStates | None,
-                     teacher: TeacherStates | None, targets: torch.Tensor, temperature: float,
-                     chunk_size: int) -> torch.Tensor:
-    """[B, T] credit of one objective on these responses (0 on padding)."""
-    opsd_credit = None
-    if objective.token_divergence is not None:
-        opsd_credit = divergence_credit(objective.token_divergence, student, teacher, targets, temperature,
-                                        chunk_size) * scored.response_mask
-    return objective.token_credit(scored, step, opsd_credit)
-
-
-def compare_credits(objectives: dict[str, Objective], scored: ScoredRollout, step: int, student: TeacherStates,
-                    teacher: TeacherStates, targets: torch.Tensor, temperature: float = 1.0,
-                    chunk_size: int = 256) -> dict[str, torch.Tensor]:
-    """All given objectives' [B, T] credits on the same responses, for side-by-side comparison.
-
-    `scored` must carry student and teacher log-probs; `student`/`teacher` are both contexts' hidden states.
-    """
-    return {name: objective_credit(objective, scored, step, student, teacher, targets, temperature, chunk_size)
-            for name, objective in objectives.items()}
+    for rows in torch.arange(response_ids.shape[0]).split(micro_batch_size):
+        logprobs = experience.student_logprobs_B_T[rows].detach().clone().requires_grad_(True)
+        divergence = None
+        if objective.needs.divergence is not None:
+            divergence = scorer.divergence_at_sampled(objective.needs.divergence, student.rows(rows),
+                                                      experience.teacher_states.rows(rows), response_ids[rows],
+                                                      logprobs)
+        micro = MicroBatch(logprobs=logprobs, old_logprobs=logprobs.detach(),
+                           advantages=rows_of(experience.advantages, rows),
+                           response_mask=experience.response_mask_B_T[rows],
+                           is_weights=rows_of(experience.is_weights_B_T, rows),
+                           delta=rows_of(experience.delta_B_T, rows), divergence=divergence)
+        (grad,) = torch.autograd.grad(objective.per_token_loss(micro).loss.sum(), logprobs, allow_unused=True)
+        credits.append(torch.zeros_like(logprobs) if grad is None else -grad)
+    return torch.cat(credits) * experience.response_mask_B_T
 
 
 def alternate_outcomes(rewards: torch.Tensor, advantages: torch.Tensor, count: int) -> list[int]:
@@ -70,12 +55,11 @@ def alternate_outcomes(rewards: torch.Tensor, advantages: torch.Tensor, count: i
     return (turns + rest)[:count]
 
 
-def write_credit_records(path: Path, step: int, method: str, prompts: list[str], tokens: list[list[str]],
+def write_credit_records(path: Path, *, step: int, method: str, prompts: list[str], tokens: list[list[str]],
                          credits: torch.Tensor, rewards: torch.Tensor, advantages: torch.Tensor,
-                         first_errors: list[int | None] | None = None) -> None:
+                         first_errors: list[int | None]) -> None:
     """Appends one JSON line per response: step, method, prompt, response tokens, credit, reward, A, and the token
     index of its first error (null when correct or unknown)."""
-    first_errors = first_errors or [None] * len(prompts)
     with path.open("a") as out:
         for row, (prompt, response_tokens) in enumerate(zip(prompts, tokens)):
             out.write(json.dumps({
@@ -84,26 +68,3 @@ def write_credit_records(path: Path, step: int, method: str, prompts: list[str],
                 "reward": float(rewards[row]), "advantage": float(advantages[row]),
                 "first_error": first_errors[row],
             }) + "\n")
-
-
-@torch.no_grad()
-def credits_on_fresh_rollouts(model, tokenizer, objectives: dict[str, Objective], problem, verifier,
-                              group_size: int = 8, reference_mode: str = "answer", max_new_tokens: int = 64,
-                              seed: int = 0) -> tuple[torch.Tensor, ScoredRollout, dict[str, torch.Tensor]]:
-    """Samples `group_size` responses to `problem` with `model` and returns (response_ids, scored, credits):
-    every objective's credit on those same responses, with a live teacher shown `reference_mode`."""
-    prompts = PromptRenderer("plain", tokenizer)
-    rollout = build_engine("hf", model, tokenizer, seed).generate(
-        [prompts.ids(problem)], SamplingParams(max_new_tokens, n=group_size))
-    rewards = torch.tensor([v.reward for v in verifier.score_batch(decode_responses(tokenizer, rollout),
-                                                                      [problem] * group_size)])
-    teacher_logprobs, teacher = TeacherPass(model, "live").run(
-        model, [prompts.ids(problem, reference_text(problem, reference_mode))], rollout.response_ids,
-        group_size, tokenizer.pad_token_id, 1.0, 256, keep_hidden=True)
-    scored = ScoredRollout(rewards, rollout.response_mask, group_size, student_logprobs=rollout.logprobs,
-                           teacher_logprobs=teacher_logprobs)
-    length = rollout.response_ids.shape[1]
-    student = TeacherStates(response_hidden(model, rollout.input_ids, rollout.attention_mask, length),
-                            model.get_output_embeddings())
-    return rollout.response_ids, scored, compare_credits(objectives, scored, 0, student, teacher,
-                                                         rollout.response_ids)

@@ -1,4 +1,4 @@
-"""Diagnostics shared by all methods: leakage rate, on-policy teacher-student divergence, answer spans.
+"""Diagnostics shared by all methods: leakage rate, the teacher's Delta by outcome, answer spans.
 
 Leakage: the share of student responses (no reference in context) that show the reference's influence. For the
 embedded task: the citation marker the base policy learned from reference-conditioned data (`@ref`), or the
@@ -8,8 +8,6 @@ answer stated before any step; for real data, a configurable phrase list (`diagn
 from __future__ import annotations
 
 import torch
-
-from rlsd_lab.logprobs import TeacherStates, vocab_logprobs
 
 
 def shows_leakage(text: str, phrases: list[str], answer_marker: str, answer_first: bool) -> bool:
@@ -22,24 +20,12 @@ def leakage_rate(texts: list[str], phrases: list[str], answer_marker: str, answe
     return sum(shows_leakage(t, phrases, answer_marker, answer_first) for t in texts) / max(len(texts), 1)
 
 
-@torch.no_grad()
-def teacher_student_kl(student: TeacherStates, teacher: TeacherStates, response_mask: torch.Tensor,
-                       temperature: float, chunk_size: int) -> float:
-    """Mean over response tokens of KL(P_S || P_T), full vocabulary, chunk by chunk."""
-    total = 0.0
-    for start in range(0, response_mask.shape[1], chunk_size):
-        window = slice(start, start + chunk_size)
-        s = vocab_logprobs(student.head, student.hidden[:, window], temperature)
-        t = vocab_logprobs(teacher.head, teacher.hidden[:, window], temperature)
-        total += float(((s.exp() * (s - t)).sum(-1) * response_mask[:, window]).sum())
-    return total / max(float(response_mask.sum()), 1.0)
-
-
-def delta_by_outcome(scored) -> dict[str, float]:
+def delta_by_outcome(delta_B_T: torch.Tensor, rewards_B: torch.Tensor, response_mask_B_T: torch.Tensor
+                     ) -> dict[str, float]:
     """Mean Delta (teacher minus student log-prob) over the tokens of correct and of wrong responses: a teacher
     that knows more than the student raises the tokens of correct responses and lowers those of wrong ones."""
-    delta, correct = scored.delta, (scored.rewards >= 1.0)[:, None]
-    mask = scored.response_mask.bool()
+    delta, correct = delta_B_T, (rewards_B >= 1.0)[:, None]
+    mask = response_mask_B_T.bool()
     metrics = {}
     for name, rows in (("correct", correct), ("wrong", ~correct)):
         tokens = mask & rows

@@ -1,9 +1,10 @@
-"""Log-probs of given response tokens under a causal LM, projected to the vocabulary chunk by chunk.
+"""Scoring response tokens under a causal LM: the one place that projects hidden states to the vocabulary.
 
 Only [B, T] results are kept: each chunk's [B, chunk, V] logits live for one chunk, and under autograd the chunk
 is recomputed in backward (activation checkpointing), so no B x T x V tensor is ever stored. That matters at
-real vocabularies (150k); the embedded model has 99 tokens. The same chunk loop evaluates a full-vocabulary
-teacher-student divergence when one is asked for (OPSD), from the teacher's stored hidden states.
+real vocabularies (150k); the embedded model has 99 tokens. `TokenScorer` binds the sampling temperature and the
+chunk size once; every consumer (the update, the teacher pass, the diagnostics, the credit) goes through its
+`over_chunks` loop.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ class ResponseScores(NamedTuple):
     divergence: torch.Tensor | None  # [B, T] when a divergence was asked for
 
 
-class TeacherStates(NamedTuple):
-    """The teacher's last hidden states at the response positions, and the head that projects them."""
+class HiddenStates(NamedTuple):
+    """A model's last hidden states at the response positions (the state at t-1 predicts token t), and the head
+    that projects them to the vocabulary."""
 
-    hidden: torch.Tensor  # [B, T, H]
+    hidden_B_T_H: torch.Tensor  # [B, T, H]
     head: torch.nn.Module
+
+    def rows(self, rows: torch.Tensor) -> HiddenStates:
+        return HiddenStates(self.hidden_B_T_H[rows], self.head)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -37,7 +42,7 @@ def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """[B, T, H] last hidden states whose projections predict the last `response_length` tokens.
 
     With gradients, through the whole model's forward: under fsdp (rlsd_lab/sharding.py) that forward gathers the
-    embedding, final norm and head, which the chunks below then project with. It projects only the last position
+    embedding, final norm and head, which the chunks then project with. It projects only the last position
     (`logits_to_keep=1`), and collecting the layer outputs costs no memory: backward keeps them anyway. Without
     gradients they would pile up, so the decoder alone runs (under fsdp inside `gathered`). No KV cache: a scoring
     pass never reuses one, and gradient checkpointing drops it (with a warning) anyway.
@@ -48,51 +53,92 @@ def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]  # the normalised one
     else:
         hidden = model.get_decoder()(**inputs).last_hidden_state
-    return hidden[:, -response_length - 1:-1]  # the state at t-1 predicts token t
+    return hidden[:, -response_length - 1:-1]
 
 
-def vocab_logprobs(head: torch.nn.Module, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
-    return torch.log_softmax(head(hidden).float() / temperature, dim=-1)
+def response_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
+                    ) -> HiddenStates:
+    return HiddenStates(response_hidden(model, input_ids, attention_mask, response_length),
+                        model.get_output_embeddings())
 
 
-@torch.no_grad()
-def sampled_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                     chunk_size: int) -> torch.Tensor:
-    """[B, T] log P(targets) from hidden states, chunk by chunk, without gradients."""
-    return torch.cat([vocab_logprobs(head, hidden[:, s:s + chunk_size], temperature)
-                      .gather(-1, targets[:, s:s + chunk_size, None]).squeeze(-1)
-                      for s in range(0, targets.shape[1], chunk_size)], dim=1)
+class TokenScorer:
+    """Log-probs, entropies and divergences of response tokens at `temperature`, `chunk_size` positions at a time.
 
+    The temperature divides the logits exactly as the sampler did, so the ratio to the rollout log-probs is 1.
+    """
 
-def _chunk_scores(hidden, targets, head, temperature, teacher_hidden, teacher_head, divergence_fn):
-    logprobs = vocab_logprobs(head, hidden, temperature)
-    sampled = logprobs.gather(-1, targets[..., None]).squeeze(-1)
-    entropy = -(logprobs.exp() * logprobs).sum(dim=-1)
-    if divergence_fn is None:
-        return sampled, entropy
-    with torch.no_grad():
-        teacher = vocab_logprobs(teacher_head, teacher_hidden, temperature)
-    return sampled, entropy, divergence_fn(logprobs, teacher)
+    def __init__(self, temperature: float = 1.0, chunk_size: int = 256):
+        self.temperature, self.chunk_size = temperature, chunk_size
+
+    def vocab_logprobs(self, states: HiddenStates, window: slice) -> torch.Tensor:
+        """[B, chunk, V] log-probs of the positions in `window`."""
+        return torch.log_softmax(states.head(states.hidden_B_T_H[:, window]).float() / self.temperature, dim=-1)
+
+    def over_chunks(self, score_chunk: Callable[[slice], tuple[torch.Tensor, ...]], length: int,
+                    *, checkpointed: bool = False) -> list[torch.Tensor]:
+        """`score_chunk(window)` for each window of `chunk_size` positions out of `length`, its [B, chunk] outputs
+        concatenated into [B, length] ones. `checkpointed`: each chunk is recomputed in backward, not stored."""
+        pieces = []
+        for start in range(0, length, self.chunk_size):
+            window = slice(start, start + self.chunk_size)
+            pieces.append(checkpoint(score_chunk, window, use_reentrant=False) if checkpointed
+                          else score_chunk(window))
+        return [torch.cat(column, dim=1) for column in zip(*pieces)]
+
+    def score(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
+              teacher: HiddenStates | None = None, divergence: Callable | None = None) -> ResponseScores:
+        """log P(y_t), entropy and, with a `teacher`, divergence(student_V, teacher_V) for the last
+        `response_length` tokens of `input_ids`; with gradients when autograd is on."""
+        student = response_states(model, input_ids, attention_mask, response_length)
+        targets = input_ids[:, -response_length:]
+        divergence = divergence if teacher is not None else None
+
+        def score_chunk(window):
+            logprobs = self.vocab_logprobs(student, window)
+            sampled = logprobs.gather(-1, targets[:, window, None]).squeeze(-1)
+            entropy = -(logprobs.exp() * logprobs).sum(dim=-1)
+            if divergence is None:
+                return sampled, entropy
+            with torch.no_grad():
+                teacher_logprobs = self.vocab_logprobs(teacher, window)
+            return sampled, entropy, divergence(logprobs, teacher_logprobs)
+
+        columns = self.over_chunks(score_chunk, response_length, checkpointed=torch.is_grad_enabled())
+        return ResponseScores(columns[0], columns[1], columns[2] if divergence is not None else None)
+
+    @torch.no_grad()
+    def sampled(self, states: HiddenStates, targets: torch.Tensor) -> torch.Tensor:
+        """[B, T] log P(targets) from hidden states, without gradients."""
+        return self.over_chunks(lambda window: (self.vocab_logprobs(states, window).gather(
+            -1, targets[:, window, None]).squeeze(-1),), targets.shape[1])[0]
+
+    @torch.no_grad()
+    def kl(self, student: HiddenStates, teacher: HiddenStates, response_mask: torch.Tensor) -> float:
+        """Mean over response tokens of KL(P_S || P_T), full vocabulary."""
+        def kl_chunk(window):
+            s, t = self.vocab_logprobs(student, window), self.vocab_logprobs(teacher, window)
+            return ((s.exp() * (s - t)).sum(-1) * response_mask[:, window],)
+
+        total = float(self.over_chunks(kl_chunk, response_mask.shape[1])[0].sum())
+        return total / max(float(response_mask.sum()), 1.0)
+
+    def divergence_at_sampled(self, divergence: Callable, student: HiddenStates, teacher: HiddenStates,
+                              targets: torch.Tensor, sampled_logprobs: torch.Tensor) -> torch.Tensor:
+        """[B, T] divergence(student_V, teacher_V) as a function of `sampled_logprobs` alone: the student's
+        distribution is fixed except at the sampled token, whose log-prob is `sampled_logprobs` (with its grad).
+        Its derivative is the divergence's with respect to log P_S(y_t), the divergence's credit of that token."""
+        def chunk(window):
+            with torch.no_grad():
+                s, t = self.vocab_logprobs(student, window), self.vocab_logprobs(teacher, window)
+            s = s.scatter(-1, targets[:, window, None], sampled_logprobs[:, window, None])
+            return (divergence(s, t),)
+
+        return self.over_chunks(chunk, targets.shape[1])[0]
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
-                      temperature: float = 1.0, chunk_size: int = 256, teacher: TeacherStates | None = None,
-                      divergence_fn: Callable | None = None) -> ResponseScores:
-    """log P(y_t), entropy and optionally divergence_fn(student, teacher) for the last `response_length` tokens.
-
-    `temperature` divides the logits exactly as the sampler did, so the ratio to the rollout log-probs is 1.
-    """
-    hidden = response_hidden(model, input_ids, attention_mask, response_length)
-    targets = input_ids[:, -response_length:]
-    head = model.get_output_embeddings()
-    pieces: list[tuple] = []
-    for start in range(0, response_length, chunk_size):
-        window = slice(start, start + chunk_size)
-        teacher_hidden = teacher.hidden[:, window] if teacher is not None else None
-        args = (hidden[:, window], targets[:, window], head, temperature, teacher_hidden,
-                teacher.head if teacher is not None else None, divergence_fn)
-        pieces.append(checkpoint(_chunk_scores, *args, use_reentrant=False) if torch.is_grad_enabled()
-                      else _chunk_scores(*args))
-    columns = list(zip(*pieces))
-    divergence = torch.cat(columns[2], dim=1) if divergence_fn is not None else None
-    return ResponseScores(torch.cat(columns[0], dim=1), torch.cat(columns[1], dim=1), divergence)
+                      temperature: float = 1.0, chunk_size: int = 256) -> ResponseScores:
+    """`TokenScorer(temperature, chunk_size).score(...)`: log-probs and entropy of the last `response_length`
+    tokens, for callers that score once."""
+    return TokenScorer(temperature, chunk_size).score(model, input_ids, attention_mask, response_length)

@@ -1,25 +1,31 @@
-"""The RL LightningModule: rollout -> verify -> per-token advantages -> clipped policy-gradient update.
+"""The RL LightningModule. One `training_step` is one RL step, in two phases joined by one record:
 
-One `training_step` consumes one batch of prompts (a "step" in every metric and config below). With the
-default one epoch and one mini-batch it makes exactly one optimiser step per rollout batch, as in the paper.
-Metrics go to the Lightning logger at step = number of rollout batches done; step 0 is the base policy.
+    experience = make_experience(problems, step)   # rollout, verify, reference / old / teacher log-probs, advantages
+    metrics = learn(experience)                    # mini-batches, micro-batches, clipping, the guard, the step
+
+Diagnostics (every `diagnostics.every` steps) read the experience before `learn`, on the weights that sampled
+it; validation runs after `learn`, on the updated weights. With the default one epoch and one mini-batch a step
+makes exactly one optimiser step, as in the paper. Metrics go to the Lightning logger at step = RL steps done;
+step 0 is the base policy.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from methods import Objective, ScoredRollout
+from methods import Objective
 from methods.grpo import group_advantages
-from rlsd_lab.credit import alternate_outcomes, objective_credit, write_credit_records
+from rlsd_lab.config import TeacherConfig
+from rlsd_lab.credit import alternate_outcomes, token_credit, write_credit_records
 from rlsd_lab.credit_quality import credit_quality, decoded_tokens, first_error_positions
-from rlsd_lab.diagnostics import delta_by_outcome, leakage_rate, reasoning_mask, teacher_student_kl
+from rlsd_lab.diagnostics import delta_by_outcome, leakage_rate, reasoning_mask
 from rlsd_lab.distributed import (
     GradientSync,
     check_prompts_per_rank,
@@ -29,8 +35,9 @@ from rlsd_lab.distributed import (
     sum_over_ranks,
 )
 from rlsd_lab.evaluation import decode_responses, greedy_accuracy
+from rlsd_lab.experience import Experience, teacher_groups
 from rlsd_lab.guards import UpdateGuard
-from rlsd_lab.logprobs import TeacherStates, response_hidden, response_logprobs
+from rlsd_lab.logprobs import TokenScorer, response_states
 from rlsd_lab.models import initial_weights
 from rlsd_lab.prompts import ANSWER_MARKER, PromptRenderer, reference_text
 from rlsd_lab.resume import CHECKPOINT_KEY, rng_state, set_rng_state
@@ -40,7 +47,7 @@ from rlsd_lab.sharding import full_value, gathered, is_sharded, shard_model
 from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.teacher import TeacherPass
 from rlsd_lab.timing import PhaseTimer
-from rlsd_lab.update import UpdateInputs, accumulate_policy_gradients
+from rlsd_lab.update import accumulate_policy_gradients
 from rlsd_lab.verifiers.base import Verdict
 from rlsd_lab.verifiers.pool import FAILURE_REASONS, VerifierPool
 
@@ -50,22 +57,14 @@ step_log = logging.getLogger("rlsd_lab.steps")
 
 
 def check_batch_config(cfg, world_size: int = 1) -> None:
-    """Explains, in words, batch settings that cannot work together (on `world_size` data-parallel ranks)."""
-    if cfg.rollout.group_size < 2:
-        raise ValueError(f"rollout.group_size={cfg.rollout.group_size}: group-normalised advantages need at least "
-                         "2 responses per prompt")
+    """Explains, in words, batch settings that cannot work together on `world_size` data-parallel ranks (each
+    value's own range is checked by rlsd_lab/config.py)."""
     check_prompts_per_rank(cfg.data.prompts_per_step, world_size)
     rows = cfg.data.prompts_per_step // world_size * cfg.rollout.group_size
     per_rank = f" on each of {world_size} ranks" if world_size > 1 else ""
     if rows % cfg.train.mini_batches:
         raise ValueError(f"a step has data.prompts_per_step x rollout.group_size = {rows} responses{per_rank}, which "
                          f"cannot be split into train.mini_batches={cfg.train.mini_batches} equal mini-batches")
-    if cfg.train.micro_batch_size < 1:
-        raise ValueError("train.micro_batch_size must be at least 1 response")
-    early = cfg.train.get("val_early") or {}
-    if early and not (isinstance(early.get("until"), int) and early["until"] >= 0
-                      and isinstance(early.get("every"), int) and early["every"] >= 1):
-        raise ValueError(f"train.val_early needs until >= 0 and every >= 1 (integers), got {dict(early)}")
 
 
 def optimizer_steps_per_rollout(cfg) -> int:
@@ -75,9 +74,9 @@ def optimizer_steps_per_rollout(cfg) -> int:
 def validation_due(step: int, cfg) -> bool:
     """After step `step`: every `train.val_every` steps, every `train.val_early.every` steps up to
     `train.val_early.until`, and at the last step."""
-    early = cfg.train.get("val_early") or {"until": 0, "every": 1}
+    early = cfg.train.val_early
     return (step % cfg.train.val_every == 0 or step == cfg.trainer.max_steps
-            or (step <= early["until"] and step % early["every"] == 0))
+            or (step <= early.until and step % early.every == 0))
 
 
 def verdict_metrics(verdicts: list[Verdict]) -> dict[str, float]:
@@ -113,20 +112,20 @@ class RLModule(L.LightningModule):
                                    **cfg.rollout.get("engine", {}))
         self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                        top_p=cfg.rollout.top_p, n=cfg.rollout.group_size)
+        self.scorer = TokenScorer(cfg.rollout.temperature, cfg.train.logprob_chunk_size)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
         self.reference_model = None
         if cfg.loss.kl_coef > 0:  # the initial policy; for a LoRA policy its base model (no copy)
             self.reference_model = initial_weights(model)
         # Objectives without a teacher still get a live one for the periodic diagnostics.
-        teacher_cfg = cfg.method.teacher if objective.uses_teacher else {"mode": "live", "sync_every": 1}
-        self.teacher = TeacherPass(model, teacher_cfg["mode"], teacher_cfg["sync_every"])
-        self.teacher_reference = cfg.method.teacher.reference if objective.uses_teacher else cfg.diagnostics.reference
+        teacher = objective.needs.teacher or TeacherConfig("live", cfg.diagnostics.reference, sync_every=1)
+        self.teacher = TeacherPass(model, teacher.mode, teacher.sync_every)
+        self.teacher_reference = teacher.reference
         self.error_locator = error_locator
         self._fixed_teacher_accuracy: dict[str, float] | None = None  # a fixed teacher's, measured once
         self.run_dir = Path(run_dir)
-        self.rollout_step = 0
+        self.steps_done = 0  # RL steps (rollout batches) done; Lightning's global_step counts optimiser steps
         self.guard = UpdateGuard(cfg.train.max_consecutive_skips)
-
     @property
     def optimizer_steps_per_rollout(self) -> int:
         return optimizer_steps_per_rollout(self.cfg)
@@ -190,12 +189,12 @@ class RLModule(L.LightningModule):
         far, so that the run directory holds every row up to the checkpoint's step."""
         for logger in self.loggers:
             logger.save()
-        checkpoint[CHECKPOINT_KEY] = {"rollout_step": self.rollout_step, "guard": self.guard.state_dict(),
+        checkpoint[CHECKPOINT_KEY] = {"rollout_step": self.steps_done, "guard": self.guard.state_dict(),
                                       "rng": gather_objects(rng_state(self._generators()))}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint[CHECKPOINT_KEY]
-        self.rollout_step = state["rollout_step"]
+        self.steps_done = state["rollout_step"]
         self.guard.load_state_dict(state["guard"])
         if len(state["rng"]) == self.trainer.world_size:
             set_rng_state(state["rng"][self.global_rank], self._generators())
@@ -206,7 +205,7 @@ class RLModule(L.LightningModule):
 
     def on_train_start(self):
         self.engine.sync_weights(self.model)  # a resumed checkpoint replaced the weights the engine started from
-        if self.rollout_step == 0:
+        if self.steps_done == 0:
             metrics = self.validate_policy()
             self._log(metrics, step=0)
             if self.global_rank == 0:
@@ -216,81 +215,200 @@ class RLModule(L.LightningModule):
     def training_step(self, indices: torch.Tensor, batch_idx: int):
         """`indices`: the step's global batch of prompts, the same on every rank; each rank rolls out its share."""
         timer = PhaseTimer()
-        step = self.rollout_step
-        indices = rank_share(indices, self.global_rank, self.trainer.world_size)
-        problems = [self.train_problems[i] for i in indices.tolist()]
-        rows = [p for p in problems for _ in range(self.cfg.rollout.group_size)]
-        with timer.phase("rollout"):
-            prompts = [self.prompts.ids(p) for p in problems]
-            with gathered(self.model):
-                rollout = self.engine.generate(prompts, self.sampling)
+        problems = [self.train_problems[i] for i in rank_share(indices, self.global_rank, self.trainer.world_size).tolist()]
+        experience = self.make_experience(problems, self.steps_done, timer)
+        diagnose = self.diagnostics_due(experience.step)
+        metrics = {}
+        if diagnose:  # before the update: the weights that sampled the batch and scored it as a live teacher
+            with timer.phase("diagnostics"):
+                metrics |= self.diagnose(experience)
+        with timer.phase("update"):
+            # Per-term gradients are taken w.r.t. whole parameters, which FSDP only holds inside its hooks.
+            metrics |= self.learn(experience, measure_terms=diagnose and not is_sharded(self.model))
+        metrics |= self.experience_metrics(experience, timer)
+        self.steps_done += 1
+        if validation_due(self.steps_done, self.cfg):  # after the update: the policy this step produced
+            with timer.phase("validation"):
+                metrics |= self.validate_policy()
+        self.log_step(metrics, timer)
+
+    def diagnostics_due(self, step: int) -> bool:
+        return step % self.cfg.diagnostics.every == 0
+
+    @torch.no_grad()
+    def make_experience(self, problems: list[Problem], step: int, timer: PhaseTimer | None = None) -> Experience:
+        """Samples `rollout.group_size` responses to each problem and scores them with everything the objective
+        and this step's diagnostics read. Changes no weights (a periodic teacher re-syncs on its schedule)."""
+        timer, needs, group_size = timer or PhaseTimer(), self.objective.needs, self.cfg.rollout.group_size
+        with timer.phase("rollout"), gathered(self.model):
+            rollout = self.engine.generate([self.prompts.ids(p) for p in problems], self.sampling)
         with timer.phase("verify"):
             texts = decode_responses(self.tokenizer, rollout)
-            verdicts = self.verifier.score_batch(texts, rows)
+            verdicts = self.verifier.score_batch(texts, [p for p in problems for _ in range(group_size)])
             rewards = torch.tensor([v.reward for v in verdicts], device=rollout.response_mask.device)
-        inputs = UpdateInputs(advantages=torch.empty(0))
+        reference = old = None
         if self.reference_model is not None:
             with timer.phase("reference"):
-                inputs.ref_logprobs = self._logprobs(self.reference_model, rollout)
+                reference = self._logprobs(self.reference_model, rollout)
         if self.optimizer_steps_per_rollout > 1 or self.cfg.rollout.name != "hf":
             # Later mini-batches run on updated weights, and another engine's log-probs are not the trainer's
             # (rollout/mismatch.py): pi_old from the trainer before the first step.
             with timer.phase("old_logprobs"):
-                inputs.old_logprobs = self._logprobs(self.model, rollout)
-        scored = ScoredRollout(rewards=rewards, response_mask=rollout.response_mask,
-                               group_size=self.cfg.rollout.group_size,
-                               student_logprobs=inputs.old_logprobs if inputs.old_logprobs is not None
-                               else rollout.logprobs,
-                               reasoning_mask=reasoning_mask(rollout.response_ids, rollout.response_mask,
-                                                             self.encode(ANSWER_MARKER))
-                               if self.cfg.method.get("reasoning_only") else None)
-        diagnose = step % self.cfg.diagnostics.every == 0
-        teacher_states, teacher_metrics = None, {}
-        if self.objective.uses_teacher or diagnose:
-            # Diagnostics need every group; otherwise only the groups whose Delta the objective will read.
-            groups = (torch.ones(len(problems), dtype=torch.bool) if diagnose
-                      else self.objective.teacher_groups(scored).cpu())
+                old = self._logprobs(self.model, rollout)
+        experience = Experience(
+            step=step, group_size=group_size, problems=problems, rollout=rollout, texts=texts, verdicts=verdicts,
+            rewards_B=rewards, sequence_advantages_B=group_advantages(rewards, group_size, needs.scale_by_std),
+            old_logprobs_B_T=old, ref_logprobs_B_T=reference,
+            reasoning_mask_B_T=reasoning_mask(rollout.response_ids, rollout.response_mask,
+                                              self.encode(ANSWER_MARKER)) if needs.reasoning_mask else None)
+        if needs.teacher is not None or self.diagnostics_due(step):
             with timer.phase("teacher"):
-                scored.teacher_logprobs, teacher_states = self._teacher_pass(
-                    rollout, problems, groups, step,
-                    keep_hidden=self.objective.token_divergence is not None or diagnose)
-            teacher_metrics = {"train/teacher_groups_fraction": float(groups.float().mean())}
-            inputs.delta = scored.delta if self.objective.uses_teacher else None
-            inputs.teacher = teacher_states if self.objective.uses_teacher else None
-        inputs.advantages, advantage_metrics = self.objective.token_advantages(scored, step)
-        if self.cfg.rollout.get("tis_cap"):
-            # Truncated importance sampling toward the engine's policy. The clipped surrogate is positively
-            # homogeneous in the advantage, so scaling A_t by w_t >= 0 scales each token's policy-gradient term by w_t.
-            inputs.advantages = inputs.advantages * truncated_is_weights(
-                inputs.old_logprobs, rollout.logprobs, self.cfg.rollout.tis_cap) * rollout.response_mask
-        # fsdp: a frozen teacher's head projects its hidden states inside the loss (full-vocabulary divergences)
-        frozen_head = self.teacher.frozen if self.objective.token_divergence is not None else None
-        with timer.phase("update"), gathered(frozen_head):
-            # Per-term gradients are taken w.r.t. whole parameters, which FSDP only holds inside its hooks.
-            update_metrics = self._update(rollout, inputs, measure_terms=diagnose and not is_sharded(self.model))
-        self.rollout_step += 1
+                experience = self._with_teacher(experience)
+        advantages, metrics = self.objective.token_advantages(experience)
+        is_weights = None
+        if self.cfg.rollout.get("tis_cap"):  # toward the engine's policy (rollout/mismatch.py)
+            is_weights = truncated_is_weights(old, rollout.logprobs, self.cfg.rollout.tis_cap) * rollout.response_mask
+        return replace(experience, advantages=advantages, is_weights_B_T=is_weights, advantage_metrics=metrics)
 
-        metrics = {**update_metrics, **teacher_metrics, **{f"train/{k}": v for k, v in advantage_metrics.items()}}
-        metrics.update(self._rollout_metrics(rollout, rewards, timer))
-        metrics.update(verdict_metrics(verdicts))
+    def _with_teacher(self, experience: Experience) -> Experience:
+        """Delta of the sampled tokens under the privileged prompt (and the teacher's hidden states when a
+        full-vocabulary divergence or the diagnostics read them). Diagnostic steps score every group, others
+        only those the objective reads (Needs.teacher_groups); skipped rows keep the student's own log-probs,
+        so their Delta is exactly 0."""
+        needs, group_size, rollout = self.objective.needs, experience.group_size, experience.rollout
+        diagnose = self.diagnostics_due(experience.step)
+        groups = teacher_groups("all" if diagnose else needs.teacher_groups, experience.sequence_advantages_B,
+                                group_size).cpu()
+        rows = groups.repeat_interleave(group_size).to(rollout.response_ids.device)
+        student = experience.student_logprobs_B_T
+        teacher_logprobs, states = student.clone(), None
+        teacher = self.teacher.weights(self.model, experience.step)  # always called: a periodic copy re-syncs
+        with gathered(teacher):  # fsdp: entered by every rank, also one without a group to score
+            if bool(groups.any()):
+                prompts = [self.prompts.ids(p, reference_text(p, self.teacher_reference))
+                           for p, keep in zip(experience.problems, groups.tolist()) if keep]
+                selected, states = self.teacher.run(
+                    teacher, teacher_prompts=prompts, response_ids=rollout.response_ids[rows], group_size=group_size,
+                    pad_id=self.tokenizer.pad_token_id, scorer=self.scorer,
+                    keep_hidden=needs.divergence is not None or diagnose)
+                teacher_logprobs[rows] = selected
+        delta = ((teacher_logprobs - student) * rollout.response_mask).detach()
+        return replace(experience, delta_B_T=delta, teacher_rows_B=rows, teacher_states=states)
+
+    def learn(self, experience: Experience, measure_terms: bool = False) -> dict[str, float]:
+        """`train.ppo_epochs` passes of `train.mini_batches` optimiser steps over the experience (micro-batched
+        gradients, clipping, the non-finite guard); then the engine samples from the new weights. With
+        `measure_terms`, the gradient norm of each of the objective's loss terms too."""
+        optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        cfg = self.cfg.train
+        sync = GradientSync(self)  # data parallel: the ranks' gradients add up to the global mini-batch's
+        rows = experience.rollout.response_ids.shape[0]
+        sums: dict[str, float] = defaultdict(float)
+        skipped = 0
+        # fsdp: a frozen teacher's head projects its hidden states inside the loss (full-vocabulary divergences)
+        frozen_head = self.teacher.frozen if self.objective.needs.divergence is not None else None
+        with gathered(frozen_head):
+            for _ in range(cfg.ppo_epochs):
+                shuffle = cfg.mini_batches > 1
+                order = torch.randperm(rows, generator=self.shuffle_generator) if shuffle else torch.arange(rows)
+                for mini in order.chunk(cfg.mini_batches):
+                    optimizer.zero_grad()
+                    step_sums = accumulate_policy_gradients(
+                        self.model, self.objective, experience, mini, loss_cfg=self.cfg.loss,
+                        max_response_length=self.cfg.rollout.max_new_tokens, micro_batch_size=cfg.micro_batch_size,
+                        scorer=self.scorer, backward=sync.backward, measure_terms=measure_terms,
+                        defer_sync=sync.deferred)
+                    for name, value in step_sums.items():
+                        sums[name] += value
+                    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                    grad_norm = float(full_value(norm))  # under fsdp the norm of the sharded gradient is a DTensor
+                    sums["grad_norm"] += grad_norm
+                    sums["lr"] += schedule.get_last_lr()[0]
+                    if not self.guard.allows(step_sums["loss"], grad_norm, self.device):
+                        skipped += 1
+                        optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient alone
+                    optimizer.step()  # also when skipped, so that Lightning counts it (rlsd_lab/guards.py)
+                    schedule.step()
+        self.engine.sync_weights(self.model)  # the next rollouts and validation sample from the updated policy
+        metrics = {f"train/{name}": total / self.optimizer_steps_per_rollout for name, total in sums.items()}
+        return metrics | {"train/skipped_updates": float(skipped),
+                          "train/skipped_updates_total": float(self.guard.total)}
+
+    @torch.no_grad()
+    def diagnose(self, experience: Experience) -> dict[str, float]:
+        """The on-policy teacher-student KL, the teacher's own validation accuracy and its Delta on correct vs
+        wrong responses, credit against ground truth, and a token-credit export; on the experience's weights."""
+        rollout = experience.rollout
+        with gathered(self.model, self.teacher.frozen):  # fsdp: rank 0 alone exports the credit
+            student = response_states(self.model, rollout.input_ids, rollout.attention_mask,
+                                      rollout.response_ids.shape[1])
+            metrics = {"train/teacher_student_kl": self.scorer.kl(student, experience.teacher_states,
+                                                                  rollout.response_mask)}
+            credit = token_credit(self.objective, experience, student=student, scorer=self.scorer,
+                                  micro_batch_size=self.cfg.train.micro_batch_size)
+        metrics.update(self.validate_teacher())
+        metrics.update(delta_by_outcome(experience.delta_B_T, experience.rewards_B, rollout.response_mask))
+        lengths = rollout.response_lengths().long().tolist()
+        token_texts = [decoded_tokens(self.tokenizer, ids[:n]) for ids, n in zip(rollout.response_ids.tolist(), lengths)]
+        first_errors = [None] * len(lengths)
+        if self.error_locator:
+            first_errors = first_error_positions(experience.texts, experience.row_problems, self.error_locator,
+                                                 token_texts, lengths)
+            metrics.update(credit_quality(credit, experience.student_logprobs_B_T, experience.rewards_B, lengths,
+                                          first_errors, token_texts))
+        if self.cfg.diagnostics.credit_samples and self.global_rank == 0:  # one writer; rank 0's responses
+            self._export_credit(experience, credit, first_errors)
+        return metrics
+
+    def _export_credit(self, experience: Experience, credit: torch.Tensor, first_errors: list[int | None]) -> None:
+        """Writes the credit of a few responses with A != 0 (the others get no credit), correct and wrong ones in
+        turn, each with its first error (token index) where the task locates one."""
+        rollout, advantages = experience.rollout, experience.sequence_advantages_B
+        sample = alternate_outcomes(experience.rewards_B, advantages, self.cfg.diagnostics.credit_samples)
+        lengths = rollout.response_lengths().long()
+        tokens = [self.tokenizer.convert_ids_to_tokens(rollout.response_ids[i, :lengths[i]].tolist()) for i in sample]
+        problems = experience.row_problems
+        write_credit_records(self.run_dir / "token_credit.jsonl", step=experience.step, method=self.objective.name,
+                             prompts=[self.prompts.text(problems[i]) for i in sample], tokens=tokens,
+                             credits=credit[sample], rewards=experience.rewards_B[sample],
+                             advantages=advantages[sample], first_errors=[first_errors[i] for i in sample])
+
+    # ---- metrics ------------------------------------------------------------------------------------------------
+    def experience_metrics(self, experience: Experience, timer: PhaseTimer) -> dict[str, float]:
+        """What the step's rollout was like: rewards, lengths, verdicts, the advantages, the engine mismatch,
+        leakage, throughput."""
+        rollout = experience.rollout
+        metrics = {f"train/{k}": v for k, v in experience.advantage_metrics.items()}
+        if experience.teacher_rows_B is not None:
+            metrics["train/teacher_groups_fraction"] = float(experience.teacher_rows_B.float().mean())
+        lengths = rollout.response_lengths()
+        generated = float(lengths.sum())
+        step_seconds = sum(seconds for phase, seconds in timer.seconds.items() if phase != "diagnostics")
+        metrics |= {
+            "train/reward": float(experience.rewards_B.mean()),
+            "train/accuracy": float((experience.rewards_B == 1.0).float().mean()),
+            "train/response_length": float(lengths.mean()),
+            "train/response_clip_fraction": float((~rollout.finished).float().mean()),
+            "perf/rollout_tokens_per_s": generated / max(timer.seconds["rollout"], 1e-9),
+            "perf/step_tokens_per_s": (generated + float(rollout.prompt_mask.sum())) / max(step_seconds, 1e-9),
+        }
+        metrics |= verdict_metrics(experience.verdicts)
         if self.cfg.rollout.name != "hf":  # the engine's log-probs vs the trainer's, on the same tokens
-            metrics.update(logprob_mismatch(rollout.logprobs, inputs.old_logprobs, rollout.response_mask))
-        metrics["train/leakage_rate"] = self._leakage_rate(texts)
-        if diagnose:
-            with timer.phase("diagnostics"):
-                metrics.update(self._diagnostics(rollout, scored, teacher_states, rows, texts, step))
-        if validation_due(self.rollout_step, self.cfg):
-            with timer.phase("validation"):
-                metrics.update(self.validate_policy())
-        metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
-        metrics = reduce_metrics(metrics)  # over data-parallel ranks; the same on every rank
-        self._log(metrics, step=self.rollout_step)
-        self.guard.check(self.rollout_step)
+            metrics |= logprob_mismatch(rollout.logprobs, experience.old_logprobs_B_T, rollout.response_mask)
+        cfg = self.cfg.diagnostics
+        metrics["train/leakage_rate"] = leakage_rate(experience.texts, list(cfg.leakage_phrases), ANSWER_MARKER,
+                                                     cfg.answer_first)
+        return metrics
+
+    def log_step(self, metrics: dict[str, float], timer: PhaseTimer) -> None:
+        metrics = reduce_metrics(metrics | {f"time/{k}": v for k, v in timer.seconds.items()})  # over ranks
+        self._log(metrics, step=self.steps_done)
+        self.guard.check(self.steps_done)
         if self.global_rank != 0:
             return
-        step_log.info("step=%d %s", self.rollout_step, " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)))
+        step_log.info("step=%d %s", self.steps_done, " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)))
         if "val/accuracy" in metrics:
-            log.info("step=%d val/accuracy=%.4f train/reward=%.4f time/step=%.2fs", self.rollout_step,
+            log.info("step=%d val/accuracy=%.4f train/reward=%.4f time/step=%.2fs", self.steps_done,
                      metrics["val/accuracy"], metrics["train/reward"], sum(timer.seconds.values()))
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
@@ -300,121 +418,7 @@ class RLModule(L.LightningModule):
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _teacher_pass(self, rollout, problems: list[Problem], groups: torch.Tensor, step: int, keep_hidden: bool):
-        """Teacher log-probs (and hidden states) of the sampled responses under the privileged prompt.
-
-        Only the selected `groups` [prompts] are run; the other rows get the student's log-probs (Delta = 0).
-        """
-        mode = self.teacher_reference
-        group_size = self.cfg.rollout.group_size
-        rows = groups.repeat_interleave(group_size).to(rollout.response_ids.device)
-        teacher = self.teacher.weights(self.model, step)  # always called: a periodic copy re-syncs on schedule
-        logprobs = rollout.logprobs.clone()
-        with gathered(teacher):  # fsdp: entered by every rank, also one without a group to score
-            if not bool(groups.any()):
-                return logprobs, None
-            teacher_prompts = [self.prompts.ids(p, reference_text(p, mode))
-                               for p, keep in zip(problems, groups.tolist()) if keep]
-            selected, states = self.teacher.run(teacher, teacher_prompts,
-                                                rollout.response_ids[rows], group_size, self.tokenizer.pad_token_id,
-                                                self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size,
-                                                keep_hidden)
-        logprobs[rows] = selected
-        return logprobs, states
-
-    def _leakage_rate(self, texts: list[str]) -> float:
-        cfg = self.cfg.diagnostics
-        return leakage_rate(texts, list(cfg.leakage_phrases), ANSWER_MARKER, cfg.answer_first)
-
-    @torch.no_grad()
-    def _diagnostics(self, rollout, scored: ScoredRollout, teacher_states, rows, texts, step) -> dict[str, float]:
-        """Every `diagnostics.every` steps: the on-policy teacher-student KL, the teacher's own validation accuracy
-        and its Delta on correct vs wrong responses, credit against ground truth, and a token-credit export."""
-        with gathered(self.model, self.teacher.frozen):  # fsdp: rank 0 alone exports the credit
-            length = rollout.response_ids.shape[1]
-            student_hidden = response_hidden(self.model, rollout.input_ids, rollout.attention_mask, length)
-            student_states = TeacherStates(student_hidden, self.model.get_output_embeddings())
-            metrics = {"train/teacher_student_kl": teacher_student_kl(
-                student_states, teacher_states, rollout.response_mask, self.cfg.rollout.temperature,
-                self.cfg.train.logprob_chunk_size)}
-            credit = objective_credit(self.objective, scored, step, student_states, teacher_states,
-                                      rollout.response_ids, self.cfg.rollout.temperature,
-                                      self.cfg.train.logprob_chunk_size)
-        metrics.update(self.validate_teacher())
-        metrics.update(delta_by_outcome(scored))
-        lengths = rollout.response_lengths().long().tolist()
-        token_texts = [decoded_tokens(self.tokenizer, ids[:n])
-                       for ids, n in zip(rollout.response_ids.tolist(), lengths)]
-        first_errors = (first_error_positions(texts, rows, self.error_locator, token_texts, lengths)
-                        if self.error_locator else [None] * len(rows))
-        if self.error_locator:
-            metrics.update(credit_quality(credit, scored.student_logprobs, scored.rewards, lengths, first_errors,
-                                          token_texts))
-        if self.cfg.diagnostics.credit_samples and self.global_rank == 0:  # one writer; rank 0's responses
-            self._export_credit(rollout, scored, credit, rows, first_errors, step)
-        return metrics
-
-    def _export_credit(self, rollout, scored, credit, rows, first_errors, step) -> None:
-        """Writes the credit of a few responses with A != 0 (the others get no credit), correct and wrong ones in
-        turn, each with its first error (token index) where the task locates one."""
-        # The run's own group normalisation (Dr. GRPO: scale_by_std=false); OPSD has none, the default is shown.
-        sequence_advantages = group_advantages(scored.rewards, scored.group_size,
-                                               self.cfg.method.get("scale_by_std", True))
-        sample = alternate_outcomes(scored.rewards, sequence_advantages, self.cfg.diagnostics.credit_samples)
-        lengths = rollout.response_lengths().long()
-        tokens = [self.tokenizer.convert_ids_to_tokens(rollout.response_ids[i, :lengths[i]].tolist()) for i in sample]
-        write_credit_records(self.run_dir / "token_credit.jsonl", step, self.objective.name,
-                             [self.prompts.text(rows[i]) for i in sample], tokens, credit[sample],
-                             scored.rewards[sample], sequence_advantages[sample], [first_errors[i] for i in sample])
-
     def _logprobs(self, model, rollout) -> torch.Tensor:
         with torch.no_grad(), gathered(model):
-            return response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1],
-                                     self.cfg.rollout.temperature, self.cfg.train.logprob_chunk_size).logprobs
-
-    def _update(self, rollout, inputs: UpdateInputs, measure_terms: bool) -> dict[str, float]:
-        optimizer, schedule = self.optimizers(), self.lr_schedulers()
-        cfg = self.cfg.train
-        sync = GradientSync(self)  # data parallel: the ranks' gradients add up to the global mini-batch's
-        rows = rollout.response_ids.shape[0]
-        sums: dict[str, float] = defaultdict(float)
-        skipped = 0
-        for _ in range(cfg.ppo_epochs):
-            shuffle = cfg.mini_batches > 1
-            order = torch.randperm(rows, generator=self.shuffle_generator) if shuffle else torch.arange(rows)
-            for mini in order.chunk(cfg.mini_batches):
-                optimizer.zero_grad()
-                step_sums = accumulate_policy_gradients(
-                    self.model, self.objective, rollout, inputs, mini, self.cfg.loss.aggregation,
-                    self.cfg.rollout.max_new_tokens, cfg.micro_batch_size, self.cfg.rollout.temperature,
-                    cfg.logprob_chunk_size, backward=sync.backward, measure_terms=measure_terms,
-                    defer_sync=sync.deferred)
-                for name, value in step_sums.items():
-                    sums[name] += value
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                grad_norm = float(full_value(norm))  # under fsdp the norm of the sharded gradient is a DTensor
-                sums["grad_norm"] += grad_norm
-                sums["lr"] += schedule.get_last_lr()[0]
-                if not self.guard.allows(step_sums["loss"], grad_norm, self.device):
-                    skipped += 1
-                    optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient alone
-                optimizer.step()  # also when skipped, so that Lightning counts it (rlsd_lab/guards.py)
-                schedule.step()
-        self.engine.sync_weights(self.model)  # the next rollouts and validation sample from the updated policy
-        metrics = {f"train/{name}": total / self.optimizer_steps_per_rollout for name, total in sums.items()}
-        return metrics | {"train/skipped_updates": float(skipped),
-                          "train/skipped_updates_total": float(self.guard.total)}
-
-    def _rollout_metrics(self, rollout, rewards: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
-        lengths = rollout.response_lengths()
-        generated = float(lengths.sum())
-        total_tokens = generated + float(rollout.prompt_mask.sum())
-        step_seconds = sum(timer.seconds.values())
-        return {
-            "train/reward": float(rewards.mean()),
-            "train/accuracy": float((rewards == 1.0).float().mean()),
-            "train/response_length": float(lengths.mean()),
-            "train/response_clip_fraction": float((~rollout.finished).float().mean()),
-            "perf/rollout_tokens_per_s": generated / max(timer.seconds["rollout"], 1e-9),
-            "perf/step_tokens_per_s": total_tokens / max(step_seconds, 1e-9),
-        }
+            return self.scorer.score(model, rollout.input_ids, rollout.attention_mask,
+                                     rollout.response_ids.shape[1]).logprobs

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from rlsd_lab.choices import check_choice
-from rlsd_lab.logprobs import TeacherStates, position_ids_from_mask, sampled_logprobs
+from rlsd_lab.logprobs import HiddenStates, TokenScorer, position_ids_from_mask
 from rlsd_lab.models import has_adapter, initial_weights
 from rlsd_lab.rollout.hf_engine import left_pad
 from rlsd_lab.rollout.kv_cache import sampling_cache
@@ -45,9 +45,10 @@ class TeacherPass(torch.nn.Module):
         return self.frozen
 
     @torch.no_grad()
-    def run(self, teacher: torch.nn.Module, teacher_prompts: list[list[int]], response_ids: torch.Tensor,
-            group_size: int, pad_id: int, temperature: float, chunk_size: int, keep_hidden: bool):
-        """(teacher log-probs [B, T], TeacherStates or None) for `response_ids` after their teacher prompts.
+    def run(self, teacher: torch.nn.Module, *, teacher_prompts: list[list[int]], response_ids: torch.Tensor,
+            group_size: int, pad_id: int, scorer: TokenScorer, keep_hidden: bool
+            ) -> tuple[torch.Tensor, HiddenStates | None]:
+        """(teacher log-probs [B, T], HiddenStates or None) for `response_ids` after their teacher prompts.
 
         `teacher_prompts` holds one prompt per group: rows of `response_ids` come `group_size` at a time per
         prompt. Each teacher prompt is encoded once and its KV cache repeated for its group, then one pass over
@@ -72,8 +73,7 @@ class TeacherPass(torch.nn.Module):
             hidden.append(decoder(input_ids=response_ids[:, :-1], attention_mask=attention,
                                   position_ids=response_positions, past_key_values=cache,
                                   use_cache=True).last_hidden_state)
-        hidden = torch.cat(hidden, dim=1)
-        head = teacher.get_output_embeddings()
-        logprobs = sampled_logprobs(head, hidden, response_ids, temperature, chunk_size)
+        states = HiddenStates(torch.cat(hidden, dim=1), teacher.get_output_embeddings())
+        logprobs = scorer.sampled(states, response_ids)
         teacher.train(was_training)
-        return logprobs, (TeacherStates(hidden, head) if keep_hidden else None)
+        return logprobs, (states if keep_hidden else None)

@@ -29,11 +29,11 @@ from analysis.run_summary import validation_curve, validation_summary
 from methods import build_objective
 from rlsd_lab.bootstrap import ensure_base_policy
 from rlsd_lab.choices import check_choice
+from rlsd_lab.config import validate_config
 from rlsd_lab.distributed import build_strategy, check_launch
 from rlsd_lab.models import has_adapter, load_model
 from rlsd_lab.module import RLModule, check_batch_config, optimizer_steps_per_rollout
 from rlsd_lab.resume import EpochBatchSampler, MetricsCSV, checkpoint_step, find_checkpoint
-from rlsd_lab.rollout import ENGINES
 from rlsd_lab.sharding import full_state_dict, is_sharded
 from rlsd_lab.tasks import build_task
 from rlsd_lab.verifiers.pool import VerifierPool
@@ -106,7 +106,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     Data parallel, rank 0 alone writes the files and the summary; the other ranks return an empty dict.
     `resume` (null | auto | a .ckpt path) continues a run from a checkpoint: rlsd_lab/resume.py.
     """
-    check_choice("rollout engine", cfg.rollout.name, sorted(ENGINES))
+    validate_config(cfg)  # every bad value at once, before anything is built
     checkpoint = find_checkpoint(cfg.resume, run_dir)
     resume_step = checkpoint_step(checkpoint) if checkpoint else None
     trainer = build_trainer(cfg, run_dir, resume_step)  # early: it knows this process's data-parallel rank

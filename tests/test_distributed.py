@@ -23,8 +23,11 @@ from rlsd_lab.module import check_batch_config
 from rlsd_lab.rollout import RolloutBatch
 from rlsd_lab.sharding import fsdp_strategy, full_value
 from rlsd_lab.train import policy_path, run
-from rlsd_lab.update import UpdateInputs, accumulate_policy_gradients
-from tests.test_end_to_end import FAST, compose_config
+from rlsd_lab.logprobs import TokenScorer
+from rlsd_lab.update import accumulate_policy_gradients
+from tests.helpers.configs import compose_config
+from tests.helpers.experience import experience
+from tests.test_end_to_end import FAST
 from tests.test_resume import comparable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +89,7 @@ def data_parallel_update_job(out: str, strategy: str) -> None:
         def training_step(self, indices, batch_idx):
             self.cfg.loss.aggregation = AGGREGATIONS[batch_idx]
             rows = rank_rows(self.global_rank, self.trainer.world_size)
-            metrics = self._update(select_rows(self.batch, rows), UpdateInputs(self.advantages[rows]), False)
+            metrics = self.learn(update_experience(select_rows(self.batch, rows), self.advantages[rows]))
             self.results.append({"aggregation": AGGREGATIONS[batch_idx], "loss": metrics["train/loss"],
                                  "grad": flat_grad(self.model).clone()})
 
@@ -107,11 +110,19 @@ def data_parallel_update_job(out: str, strategy: str) -> None:
         torch.save(module.results, Path(out) / "update.pt")
 
 
+def update_experience(batch: RolloutBatch, advantages: torch.Tensor):
+    """The synthetic batch with its given per-token advantages (no rewards needed)."""
+    return experience(torch.zeros(batch.response_ids.shape[0]), rollout=batch, group_size=GROUP,
+                      advantages=advantages)
+
+
 def single_process_update(model, tokenizer, objective, aggregation, rows) -> tuple[float, torch.Tensor]:
     batch, advantages = synthetic_batch(tokenizer)
     model.zero_grad()
-    sums = accumulate_policy_gradients(model, objective, batch, UpdateInputs(advantages), rows, aggregation, LENGTH,
-                                       micro_batch_size=5, temperature=1.0, chunk_size=256)
+    loss_cfg = compose_config(UPDATE + [f"loss.aggregation={aggregation}"]).loss
+    sums = accumulate_policy_gradients(model, objective, update_experience(batch, advantages), rows,
+                                       loss_cfg=loss_cfg, max_response_length=LENGTH, micro_batch_size=5,
+                                       scorer=TokenScorer(1.0, 256))
     return sums["loss"], flat_grad(model)
 
 

@@ -6,9 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from methods import ScoredRollout, build_objective
+from methods import build_objective
 from methods.grpo import group_advantages, zero_variance_fraction
 from methods.policy_loss import aggregation_weights, clipped_surrogate, kl_penalty
+from rlsd_lab.config import ConfigError
+from tests.helpers.configs import objective
+from tests.helpers.experience import experience
 
 
 def test_group_advantage_by_hand():
@@ -28,11 +31,8 @@ def test_group_advantage_needs_two_samples():
 
 
 def test_grpo_gives_every_token_the_sequence_advantage():
-    cfg = OmegaConf.create({"name": "grpo", "scale_by_std": True})
-    objective = build_objective(cfg, OmegaConf.create({}))
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.float)
-    rollout = ScoredRollout(rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]), response_mask=mask, group_size=2)
-    advantages, metrics = objective.token_advantages(rollout, step=0)
+    advantages, metrics = objective("grpo").token_advantages(experience([1.0, 0.0, 1.0, 1.0], response_mask=mask))
     a = 0.5 / (math.sqrt(0.5) + 1e-6)
     expected = torch.tensor([[a, a, a], [-a, -a, 0], [0, 0, 0], [0, 0, 0]])
     torch.testing.assert_close(advantages, expected)
@@ -76,5 +76,5 @@ def test_kl_estimators_by_hand():
 
 
 def test_unknown_method_lists_choices():
-    with pytest.raises(ValueError, match="valid choices: grpo"):
+    with pytest.raises(ConfigError, match="method.name=ppo: must be one of grpo, hybrid, opsd, rlsd"):
         build_objective(OmegaConf.create({"name": "ppo"}), OmegaConf.create({}))

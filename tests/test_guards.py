@@ -3,6 +3,7 @@ errors stop the run at start with the valid choices or the reason in words."""
 
 import math
 import os
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -21,15 +22,15 @@ GUARDED = FAST + ["verify.workers=0", "task.val_size=4"]
 
 
 def poison_steps(monkeypatch, steps: set[int]) -> None:
-    """NaN advantages, hence a NaN loss and gradient, at the given steps (0-based, as RLModule.rollout_step)."""
-    update = RLModule._update
+    """NaN advantages, hence a NaN loss and gradient, at the given steps (0-based, as Experience.step)."""
+    learn = RLModule.learn
 
-    def poisoned_update(self, rollout, inputs, measure_terms):
-        if self.rollout_step in steps:
-            inputs.advantages = inputs.advantages * math.nan
-        return update(self, rollout, inputs, measure_terms)
+    def poisoned_learn(self, experience, measure_terms=False):
+        if experience.step in steps:
+            experience = replace(experience, advantages=experience.advantages * math.nan)
+        return learn(self, experience, measure_terms)
 
-    monkeypatch.setattr(RLModule, "_update", poisoned_update)
+    monkeypatch.setattr(RLModule, "learn", poisoned_learn)
 
 
 def test_a_transient_nan_skips_one_update_and_training_goes_on(tmp_path, model_dir, monkeypatch):
@@ -93,12 +94,12 @@ def test_data_parallel_ranks_agree_on_skipping(tmp_path):
 
 # ---- configuration checked at start -----------------------------------------------------------------------------
 @pytest.mark.parametrize(("override", "message"), [
-    ("method.name=nope", "unknown method 'nope'; valid choices: grpo, hybrid, opsd, rlsd"),
+    ("method.name=nope", "method.name=nope: must be one of grpo, hybrid, opsd, rlsd"),
     ("task.name=nope", "unknown task 'nope'; valid choices: arith, file"),
     ("+task.verifier=nope", "unknown verifier 'nope'; valid choices: arith, code, json, math, sql, a dotted path"),
-    ("rollout.name=nope", "unknown rollout engine 'nope'; valid choices: hf, vllm"),
+    ("rollout.name=nope", "rollout.name=nope: must be one of hf, vllm"),
     ("logger.name=nope", "unknown logger 'nope'; valid choices: csv, wandb"),
-    ("method.teacher.mode=nope", "unknown teacher mode 'nope'; valid choices: live, periodic, fixed"),
+    ("method.teacher.mode=nope", "method.teacher.mode=nope: must be one of live, periodic, fixed"),
 ])
 def test_an_unknown_name_lists_the_valid_choices(tmp_path, model_dir, override, message):
     method = ["method=rlsd"] if override.startswith("method.teacher") else []
@@ -109,12 +110,12 @@ def test_an_unknown_name_lists_the_valid_choices(tmp_path, model_dir, override, 
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["rollout.group_size=1"], "group-normalised advantages need at least 2 responses per prompt"),
+    (["rollout.group_size=1"], "rollout.group_size=1: must be >= 2"),
     (["train.mini_batches=3"], ("a step has data.prompts_per_step x rollout.group_size = 16 responses, which cannot "
                                 "be split into train.mini_batches=3 equal mini-batches")),
-    (["train.micro_batch_size=0"], "train.micro_batch_size must be at least 1 response"),
+    (["train.micro_batch_size=0"], "train.micro_batch_size=0: must be >= 1"),
     (["task.train_size=3"], "3 training problems cannot fill one step of data.prompts_per_step=4"),
-    (["train.max_consecutive_skips=0"], "train.max_consecutive_skips=0: must be at least 1"),
+    (["train.max_consecutive_skips=0"], "train.max_consecutive_skips=0: must be >= 1"),
 ])
 def test_inconsistent_settings_are_explained_in_words(tmp_path, model_dir, overrides, message):
     with pytest.raises(ValueError, match=message):

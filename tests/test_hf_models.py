@@ -8,7 +8,7 @@ import torch
 from omegaconf.errors import MissingMandatoryValue
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rlsd_lab.logprobs import response_logprobs
+from rlsd_lab.logprobs import TokenScorer, response_logprobs
 from rlsd_lab.models import AdapterDisabled, build_tiny_qwen2, initial_weights, load_model, load_policy, weights_dtype
 from rlsd_lab.prompts import PromptRenderer
 from rlsd_lab.tasks.problem import Problem
@@ -155,10 +155,11 @@ def test_lora_fixed_teacher_is_the_base_model_without_a_copy(qwen_dir):
 
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
     responses = torch.tensor([tokenizer.encode(r, add_special_tokens=False) for r in ["7+8=15", "9+9=18"]])
-    args = (prompts, responses, 1, tokenizer.pad_token_id, 1.0, 4, False)
-    teacher, _ = fixed.run(fixed.weights(model, 5), *args)
-    base_logprobs, _ = TeacherPass(base, "live").run(base, *args)
-    policy, _ = TeacherPass(model, "live").run(model, *args)
+    args = {"teacher_prompts": prompts, "response_ids": responses, "group_size": 1,
+            "pad_id": tokenizer.pad_token_id, "scorer": TokenScorer(1.0, 4), "keep_hidden": False}
+    teacher, _ = fixed.run(fixed.weights(model, 5), **args)
+    base_logprobs, _ = TeacherPass(base, "live").run(base, **args)
+    policy, _ = TeacherPass(model, "live").run(model, **args)
     torch.testing.assert_close(teacher, base_logprobs, atol=1e-5, rtol=1e-5)
     assert (teacher - policy).abs().max() > 1e-2
     assert model.training  # the teacher pass leaves the policy as it found it, adapter enabled

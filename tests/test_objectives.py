@@ -4,9 +4,7 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from methods import ScoredRollout, build_objective
 from methods.divergences import (
     generalized_jsd,
     student_top1_cross_entropy,
@@ -14,28 +12,14 @@ from methods.divergences import (
     token_divergence,
 )
 from methods.rlsd import rlsd_advantages, rlsd_lambda
-
-LOSS = OmegaConf.create({"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0, "kl_coef": 0.0,
-                         "kl_estimator": "k3", "entropy_coef": 0.0})
-TEACHER = {"mode": "live", "reference": "answer", "sync_every": 10}
-
-
-def rlsd_cfg(**overrides):
-    cfg = {"name": "rlsd", "lr": 1e-4, "scale_by_std": True, "eps_w": 0.2, "lambda_0": 0.5, "decay_steps": 50,
-           "schedule": "linear", "negative_only": False, "reasoning_only": False, "teacher": TEACHER}
-    return OmegaConf.create({**cfg, **overrides})
-
-
-def opsd_cfg(**overrides):
-    cfg = {"name": "opsd", "lr": 1e-3, "form": "divergence", "support": "full", "beta": 0.5,
-           "divergence_clip": None, "teacher": TEACHER}
-    return OmegaConf.create({**cfg, **overrides})
+from rlsd_lab.config import ConfigError
+from rlsd_lab.experience import teacher_groups
+from tests.helpers.configs import objective
+from tests.helpers.experience import experience
 
 
 def scored(rewards, delta, group_size=2, reasoning=None):
-    mask = torch.ones_like(delta)
-    return ScoredRollout(rewards=torch.tensor(rewards), response_mask=mask, group_size=group_size,
-                         student_logprobs=torch.zeros_like(delta), teacher_logprobs=delta, reasoning_mask=reasoning)
+    return experience(rewards, delta=delta, group_size=group_size, reasoning_mask_B_T=reasoning)
 
 
 # ---- RLSD -----------------------------------------------------------------------------------------------------
@@ -63,10 +47,10 @@ def test_rlsd_sign_follows_the_verifier_and_w_stays_in_its_clip():
     generator = torch.Generator().manual_seed(0)
     rewards = torch.randint(0, 2, (64,), generator=generator).float().tolist()
     delta = torch.randn(64, 20, generator=generator) * 3
-    objective = build_objective(rlsd_cfg(lambda_0=1.0, schedule="constant"), LOSS)
+    rlsd_objective = objective("rlsd", lambda_0=1.0, schedule="constant")
     rollout = scored(rewards, delta, group_size=4)
-    advantages = objective.sequence_advantages(rollout)[:, None].expand_as(delta)
-    rlsd, metrics = objective.token_advantages(rollout, step=0)
+    advantages = rollout.sequence_advantages_B[:, None].expand_as(delta)
+    rlsd, metrics = rlsd_objective.token_advantages(rollout)
     nonzero = advantages != 0
     assert torch.equal(torch.sign(rlsd), torch.sign(advantages))
     w = rlsd[nonzero] / advantages[nonzero]  # with lambda = 1, A_hat = A * clip(w)
@@ -76,26 +60,27 @@ def test_rlsd_sign_follows_the_verifier_and_w_stays_in_its_clip():
 
 def test_rlsd_negative_only_and_reasoning_only_leave_other_tokens_at_A():
     rewards, delta = [1.0, 0.0], torch.full((2, 3), 0.5)
-    grpo = build_objective(OmegaConf.create({"name": "grpo", "scale_by_std": True}), LOSS)
-    a = grpo.token_advantages(scored(rewards, delta), 0)[0]
-    negative = build_objective(rlsd_cfg(negative_only=True), LOSS).token_advantages(scored(rewards, delta), 0)[0]
+    a = objective("grpo").token_advantages(scored(rewards, delta))[0]
+    negative = objective("rlsd", negative_only=True).token_advantages(scored(rewards, delta))[0]
     assert torch.equal(negative[0], a[0]) and not torch.equal(negative[1], a[1])
     reasoning = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    only = build_objective(rlsd_cfg(reasoning_only=True), LOSS).token_advantages(
-        scored(rewards, delta, reasoning=reasoning), 0)[0]
+    only = objective("rlsd", reasoning_only=True).token_advantages(scored(rewards, delta, reasoning=reasoning))[0]
     assert torch.equal(only[reasoning == 0], a[reasoning == 0])
     assert not torch.equal(only[reasoning == 1], a[reasoning == 1])
 
 
 def test_rlsd_asks_the_teacher_only_for_groups_it_reweights():
     rollout = scored([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], torch.zeros(6, 2))
-    assert build_objective(rlsd_cfg(), LOSS).teacher_groups(rollout).tolist() == [True, False, False]
-    grpo = build_objective(OmegaConf.create({"name": "grpo", "scale_by_std": True}), LOSS)
-    assert grpo.teacher_groups(rollout).tolist() == [True, True, True]
+    groups = {name: teacher_groups(objective(name, *extra).needs.teacher_groups, rollout.sequence_advantages_B, 2)
+              for name, extra in (("rlsd", ()), ("opsd", ()), ("hybrid", ("method.beta_h=0.1",)))}
+    assert groups["rlsd"].tolist() == [True, False, False]
+    assert groups["opsd"].tolist() == groups["hybrid"].tolist() == [True, True, True]
+    negative = objective("rlsd", negative_only=True).needs.teacher_groups
+    assert teacher_groups(negative, torch.tensor([1.0, -1.0, 0.0, 0.0, 1.0, 1.0]), 2).tolist() == [True, False, False]
 
 
 def test_rlsd_gives_no_signal_when_a_group_agrees():
-    out = build_objective(rlsd_cfg(), LOSS).token_advantages(scored([1.0, 1.0], torch.randn(2, 4)), 0)[0]
+    out = objective("rlsd").token_advantages(scored([1.0, 1.0], torch.randn(2, 4)))[0]
     assert torch.equal(out, torch.zeros(2, 4))
 
 
@@ -138,32 +123,27 @@ def test_divergence_clip_caps_the_loss_and_its_gradient():
 
 def test_opsd_sampled_token_advantage_is_delta():
     delta = torch.tensor([[0.3, -0.2], [0.0, 1.0]])
-    out = build_objective(opsd_cfg(form="sampled_token"), LOSS).token_advantages(scored([1.0, 0.0], delta), 0)[0]
+    out = objective("opsd", form="sampled_token").token_advantages(scored([1.0, 0.0], delta))[0]
     torch.testing.assert_close(out, delta)
 
 
 def test_unknown_opsd_choices_are_listed():
-    with pytest.raises(ValueError, match="valid choices"):
-        build_objective(opsd_cfg(support="top5"), LOSS)
-    with pytest.raises(ValueError, match="valid choices"):
-        build_objective(opsd_cfg(form="logit"), LOSS)
+    with pytest.raises(ConfigError, match="method.support=top5: must be one of full, teacher_top1, student_top1"):
+        objective("opsd", support="top5")
+    with pytest.raises(ConfigError, match="method.form=logit: must be one of divergence, sampled_token"):
+        objective("opsd", form="logit")
 
 
 # ---- hybrid ---------------------------------------------------------------------------------------------------
-def hybrid_cfg(**overrides):
-    cfg = {"name": "hybrid", "lr": 1e-4, "scale_by_std": True, "beta_h": 0.1, "mix": "advantage",
-           "opsd": {"form": "sampled_token", "support": "full", "beta": 0.5, "divergence_clip": None},
-           "teacher": TEACHER}
-    return OmegaConf.create({**cfg, **overrides})
-
-
 def test_hybrid_advantage_mix_by_hand():
     delta = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
-    out = build_objective(hybrid_cfg(), LOSS).token_advantages(scored([1.0, 0.0], delta), 0)[0]
+    hybrid = objective("hybrid", beta_h=0.1, mix="advantage")
+    parts = hybrid.token_advantages(scored([1.0, 0.0], delta))[0]
     a = 0.5 / (math.sqrt(0.5) + 1e-6)
-    torch.testing.assert_close(out, torch.tensor([[a + 0.05, a - 0.1], [-a + 0.2, -a]]))
+    torch.testing.assert_close(parts["grpo"], torch.tensor([[a, a], [-a, -a]]))
+    torch.testing.assert_close(parts["opsd"], delta)  # OPSD's sampled-token advantage, mixed in with beta_h
 
 
 def test_hybrid_requires_beta_h():
-    with pytest.raises(ValueError, match="needs method.beta_h"):
-        build_objective(hybrid_cfg(beta_h="???"), LOSS)
+    with pytest.raises(ConfigError, match=r"method.beta_h: required, no default \(no published value"):
+        objective("hybrid")

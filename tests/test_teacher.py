@@ -4,18 +4,17 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from methods import ScoredRollout, build_objective
-from rlsd_lab.credit import compare_credits, divergence_credit
+from rlsd_lab.credit import token_credit
 from rlsd_lab.diagnostics import leakage_rate, reasoning_mask, shows_leakage
-from rlsd_lab.logprobs import TeacherStates, response_hidden, response_logprobs
+from rlsd_lab.logprobs import HiddenStates, TokenScorer, response_hidden, response_logprobs, response_states
 from rlsd_lab.prompts import render_prompt
 from rlsd_lab.rollout import SamplingParams, build_engine
 from rlsd_lab.rollout.hf_engine import left_pad
 from rlsd_lab.teacher import TeacherPass
-from rlsd_lab.update import UpdateInputs, accumulate_policy_gradients
-from tests.test_objectives import LOSS, hybrid_cfg, opsd_cfg, rlsd_cfg
+from rlsd_lab.update import accumulate_policy_gradients
+from tests.helpers.configs import compose_config, objective
+from tests.helpers.experience import experience, with_advantages
 
 QUESTIONS = ["12+34", "5+6", "123+456"]
 
@@ -27,8 +26,9 @@ def rollout_for(model, tokenizer, n=4, tokens=10, seed=0):
 
 def teacher_logprobs(model, tokenizer, rollout, references, keep_hidden=False, n=4):
     prompts = [tokenizer.encode(render_prompt(q, r), add_special_tokens=False) for q, r in zip(QUESTIONS, references)]
-    return TeacherPass(model, "live").run(model, prompts, rollout.response_ids, n, tokenizer.pad_token_id, 1.0, 4,
-                                          keep_hidden)
+    return TeacherPass(model, "live").run(model, teacher_prompts=prompts, response_ids=rollout.response_ids,
+                                          group_size=n, pad_id=tokenizer.pad_token_id, scorer=TokenScorer(1.0, 4),
+                                          keep_hidden=keep_hidden)
 
 
 def test_empty_reference_gives_zero_gain_on_every_token(tiny_model, tokenizer):
@@ -59,7 +59,7 @@ def test_teacher_pass_builds_no_autograd_graph(tiny_model, tokenizer):
     with torch.enable_grad():
         logprobs, states = teacher_logprobs(tiny_model, tokenizer, rollout, ["46", "11", "579"], keep_hidden=True)
     assert not logprobs.requires_grad and logprobs.grad_fn is None
-    assert not states.hidden.requires_grad and states.hidden.grad_fn is None
+    assert not states.hidden_B_T_H.requires_grad and states.hidden_B_T_H.grad_fn is None
 
 
 def test_teacher_modes(tiny_model):
@@ -74,43 +74,32 @@ def test_teacher_modes(tiny_model):
     assert torch.equal(next(periodic.weights(tiny_model, 10).parameters()), first)  # re-synced at step 10
 
 
-def update_sums_and_grad(model, objective, rollout, scored, teacher=None):
+def update_sums_and_grad(model, method, built):
     model.zero_grad()
-    advantages, _ = objective.token_advantages(scored, 0)
-    inputs = UpdateInputs(advantages=advantages, delta=scored.delta, teacher=teacher)
-    rows = torch.arange(rollout.response_ids.shape[0])
-    sums = accumulate_policy_gradients(model, objective, rollout, inputs, rows, "token-mean", 10, 5, 1.0, 4)
+    built = with_advantages(method, built)
+    rows = torch.arange(built.rollout.response_ids.shape[0])
+    sums = accumulate_policy_gradients(model, method, built, rows, loss_cfg=compose_config([]).loss,
+                                       max_response_length=10, micro_batch_size=5, scorer=TokenScorer(1.0, 4))
     return sums, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
 def scored_rollout(model, tokenizer, rollout, keep_hidden=False):
+    """The rollout as an Experience with rewards and the teacher's Delta (and hidden states)."""
     teacher, states = teacher_logprobs(model, tokenizer, rollout, ["46", "11", "579"], keep_hidden)
-    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0] * 3)
-    return ScoredRollout(rewards, rollout.response_mask, 4, student_logprobs=rollout.logprobs,
-                         teacher_logprobs=teacher), states
-
-
-def test_rlsd_with_lambda_zero_is_grpo_exactly(tiny_model, tokenizer):
-    rollout = rollout_for(tiny_model, tokenizer)
-    scored, _ = scored_rollout(tiny_model, tokenizer, rollout)
-    grpo = build_objective(OmegaConf.create({"name": "grpo", "scale_by_std": True}), LOSS)
-    rlsd = build_objective(rlsd_cfg(lambda_0=0.0, schedule="constant"), LOSS)
-    grpo_sums, grpo_grad = update_sums_and_grad(tiny_model, grpo, rollout, scored)
-    rlsd_sums, rlsd_grad = update_sums_and_grad(tiny_model, rlsd, rollout, scored)
-    assert rlsd_sums["loss"] == grpo_sums["loss"]
-    assert torch.equal(rlsd_grad, grpo_grad)
+    return experience([1.0, 0.0, 0.0, 1.0] * 3, rollout=rollout, group_size=4, delta=teacher - rollout.logprobs,
+                      teacher_states=states)
 
 
 def test_opsd_divergence_gradient_equals_the_unchunked_jsd(tiny_model, tokenizer):
     rollout = rollout_for(tiny_model, tokenizer)
-    scored, states = scored_rollout(tiny_model, tokenizer, rollout, keep_hidden=True)
-    opsd = build_objective(opsd_cfg(), LOSS)
-    _, chunked_grad = update_sums_and_grad(tiny_model, opsd, rollout, scored, teacher=states)
+    built = scored_rollout(tiny_model, tokenizer, rollout, keep_hidden=True)
+    _, chunked_grad = update_sums_and_grad(tiny_model, objective("opsd"), built)
+    states = built.teacher_states
     tiny_model.zero_grad()
     length = rollout.response_ids.shape[1]
     hidden = response_hidden(tiny_model, rollout.input_ids, rollout.attention_mask, length)
     student = torch.log_softmax(tiny_model.lm_head(hidden), -1)
-    teacher = torch.log_softmax(tiny_model.lm_head(states.hidden), -1).detach()
+    teacher = torch.log_softmax(tiny_model.lm_head(states.hidden_B_T_H), -1).detach()
     mixture = torch.logsumexp(torch.stack([student + math.log(0.5), teacher + math.log(0.5)]), 0)
     jsd = 0.5 * (teacher.exp() * (teacher - mixture)).sum(-1) + 0.5 * (student.exp() * (student - mixture)).sum(-1)
     mask = rollout.response_mask
@@ -121,25 +110,23 @@ def test_opsd_divergence_gradient_equals_the_unchunked_jsd(tiny_model, tokenizer
 
 def test_four_methods_credit_the_same_responses(tiny_model, tokenizer):
     rollout = rollout_for(tiny_model, tokenizer)
-    scored, teacher_states = scored_rollout(tiny_model, tokenizer, rollout, keep_hidden=True)
-    length = rollout.response_ids.shape[1]
+    built = scored_rollout(tiny_model, tokenizer, rollout, keep_hidden=True)
     with torch.no_grad():
-        student_states = TeacherStates(response_hidden(tiny_model, rollout.input_ids, rollout.attention_mask, length),
-                                       tiny_model.lm_head)
-    objectives = {
-        "grpo": build_objective(OmegaConf.create({"name": "grpo", "scale_by_std": True}), LOSS),
-        "opsd": build_objective(opsd_cfg(), LOSS),
-        "hybrid": build_objective(hybrid_cfg(mix="loss"), LOSS),
-        "rlsd": build_objective(rlsd_cfg(), LOSS),
-    }
-    credits = compare_credits(objectives, scored, 0, student_states, teacher_states, rollout.response_ids, 1.0, 4)
-    assert set(credits) == set(objectives)
+        student = response_states(tiny_model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1])
+    methods = {"grpo": objective("grpo"), "opsd": objective("opsd"), "hybrid": objective("hybrid", beta_h=0.1),
+               "rlsd": objective("rlsd")}
+    credits = {name: token_credit(method, with_advantages(method, built), student=student, scorer=TokenScorer(1.0, 4),
+                                  micro_batch_size=5) for name, method in methods.items()}
     for credit in credits.values():
         assert credit.shape == rollout.response_ids.shape and torch.isfinite(credit).all()
+        assert torch.all(credit[rollout.response_mask == 0] == 0)
     grpo = credits["grpo"]
-    assert torch.equal(grpo, grpo[:, :1] * rollout.response_mask)  # one credit per response
+    assert torch.equal(grpo, grpo[:, :1] * rollout.response_mask)  # one credit per response: its advantage
+    torch.testing.assert_close(grpo[:, 0], built.sequence_advantages_B)
     assert torch.equal(torch.sign(credits["rlsd"]), torch.sign(grpo))
     assert not torch.allclose(credits["rlsd"], grpo)
+    # The hybrid (loss mix) credits (1 - beta_h) of GRPO's plus beta_h of OPSD's.
+    torch.testing.assert_close(credits["hybrid"], 0.9 * grpo + 0.1 * credits["opsd"], atol=1e-6, rtol=1e-5)
 
 
 def test_reverse_kl_credit_by_hand():
@@ -147,9 +134,13 @@ def test_reverse_kl_credit_by_hand():
     student = torch.log(torch.tensor([[[0.6, 0.3, 0.1]]]))
     teacher = torch.log(torch.tensor([[[0.2, 0.5, 0.3]]]))
     identity = torch.nn.Identity()
-    credit = divergence_credit(lambda s, t: (s.exp() * (s - t)).sum(-1), TeacherStates(student, identity),
-                               TeacherStates(teacher, identity), torch.tensor([[0]]), 1.0, 4)
-    assert float(credit) == pytest.approx(-0.6 * (math.log(0.6 / 0.2) + 1), rel=1e-5)
+    sampled = student[..., 0].clone().requires_grad_(True)
+    divergence = TokenScorer(1.0, 4).divergence_at_sampled(lambda s, t: (s.exp() * (s - t)).sum(-1),
+                                                           HiddenStates(student, identity),
+                                                           HiddenStates(teacher, identity), torch.tensor([[0]]),
+                                                           sampled)
+    (grad,) = torch.autograd.grad(divergence.sum(), sampled)
+    assert float(-grad) == pytest.approx(-0.6 * (math.log(0.6 / 0.2) + 1), rel=1e-5)
 
 
 def test_leakage_and_reasoning_span(tokenizer):

@@ -1,0 +1,245 @@
+"""Typed configs: a Hydra structured config (a dataclass in the ConfigStore) for every group the code reads.
+
+The yaml files stay the place users read (their comments say what each value does); each one starts with a
+`defaults:` line naming its schema, so Hydra converts and type-checks every value while it composes the config
+(`method.eps_w=abc` fails there, naming `method.eps_w`). Ranges, choices and cross-field rules are data on the
+fields (`bounded`, `choice`); `validate_config` checks them all before anything is built and raises once with
+every problem, each naming its key, its value and what is allowed (as litgpt's `validate_args` does).
+
+Objectives declare their own schema next to their code (methods/base.py: `register_objective`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from rlsd_lab.prompts import REFERENCE_MODES
+
+
+class ConfigError(ValueError):
+    """Every problem of a configuration, one per line."""
+
+
+def choice(default, choices, help: str = ""):
+    """A field whose value must be one of `choices`."""
+    return field(default=default, metadata={"choices": tuple(choices), "help": help})
+
+
+def bounded(default, low=None, high=None, *, low_open: bool = False, high_open: bool = False, help: str = ""):
+    """A numeric field in [low, high]; `low_open` / `high_open` exclude the end. None: no bound."""
+    return field(default=default, metadata={"range": (low, high, low_open, high_open), "help": help})
+
+
+def _allowed_range(low, high, low_open, high_open) -> str:
+    if high is None:
+        return f"must be {'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"must be {'<' if high_open else '<='} {high:g}"
+    return f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def _field_problem(value, metadata) -> str | None:
+    if value is None:
+        return None  # Optional fields: None means "off"; the schema's types reject None elsewhere
+    if "choices" in metadata and value not in metadata["choices"]:
+        return f"must be one of {', '.join(map(str, metadata['choices']))}"
+    if "range" in metadata:
+        low, high, low_open, high_open = metadata["range"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            return "must be a number"
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            return _allowed_range(low, high, low_open, high_open)
+    return None
+
+
+def schema_problems(node: DictConfig, schema: type, prefix: str = "") -> list[str]:
+    """`prefix.key=value: what is allowed` for every field of `schema` whose value in `node` breaks its rule."""
+    problems = []
+    for spec in dataclasses.fields(schema):
+        key = f"{prefix}.{spec.name}" if prefix else spec.name
+        if OmegaConf.is_missing(node, spec.name):
+            problems.append(f"{key}: required, no default ({spec.metadata.get('help') or 'set it'})")
+            continue
+        value = node.get(spec.name)
+        if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
+            problems += schema_problems(value, OmegaConf.get_type(value), key)
+            continue
+        if isinstance(value, (DictConfig, ListConfig)):
+            continue
+        problem = _field_problem(value, spec.metadata)
+        if problem:
+            problems.append(f"{key}={value}: {problem}")
+    return problems
+
+
+def typed(node: DictConfig, schema: type) -> DictConfig:
+    """`node` as an instance of `schema`: already so when its yaml names the schema; else merged onto it (a
+    config built in code), which converts and type-checks every value, naming the key of a bad one."""
+    if OmegaConf.get_type(node) is schema:
+        return node
+    return OmegaConf.merge(OmegaConf.structured(schema), node)
+
+
+# ---- the groups ---------------------------------------------------------------------------------------------
+@dataclass
+class TeacherConfig:
+    """The privileged teacher: the policy's own weights, with a reference block in its prompt."""
+
+    mode: str = choice("live", ("live", "periodic", "fixed"),
+                       "live: the current weights; periodic: a copy re-synced every sync_every steps; fixed: the "
+                       "initial weights")
+    reference: str = choice("answer", REFERENCE_MODES, "what the teacher's prompt carries")
+    sync_every: int = bounded(10, 1, help="periodic mode: steps between re-syncs (RLSD paper: 10)")
+
+
+@dataclass
+class LossConfig:
+    """The clipped surrogate every objective shares (methods/policy_loss.py)."""
+
+    clip_low: float = bounded(0.2, 0.0, 1.0, high_open=True, help="ratio clip 1 - clip_low")
+    clip_high: float = bounded(0.28, 0.0, help="ratio clip 1 + clip_high (DAPO clip-higher)")
+    dual_clip: Optional[float] = bounded(3.0, 1.0, low_open=True, help="cap on negative-advantage loss; null: off")
+    aggregation: str = choice("token-mean", ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"))
+    kl_coef: float = bounded(0.0, 0.0, help="KL to the initial policy; 0: off")
+    kl_estimator: str = choice("k3", ("k1", "k2", "k3"), "Schulman's estimators")
+    entropy_coef: float = bounded(0.0, 0.0)
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling (conf/rollout/hf.yaml): what every engine reads."""
+
+    name: str = choice("hf", ("hf", "vllm"))
+    group_size: int = bounded(8, 2, help="G responses per prompt; group-normalised advantages need 2")
+    temperature: float = bounded(1.0, 0.0, low_open=True)
+    top_p: float = bounded(1.0, 0.0, 1.0, low_open=True)
+    max_new_tokens: int = bounded(64, 1)
+
+
+@dataclass
+class VLLMEngineConfig:
+    kv_cache_gib: Optional[float] = bounded(1.0, 0.0, low_open=True)
+    gpu_memory_utilization: float = bounded(0.3, 0.0, 1.0, low_open=True)
+    max_model_len: Optional[int] = bounded(None, 1)
+    max_num_seqs: Optional[int] = bounded(None, 1)
+    enforce_eager: bool = True
+    dtype: Optional[str] = None
+    sleep: bool = True
+
+
+@dataclass
+class VLLMRolloutConfig(RolloutConfig):
+    """conf/rollout/vllm.yaml: the colocated vLLM engine."""
+
+    name: str = choice("vllm", ("vllm",))
+    top_p: float = bounded(1.0, 1.0, 1.0, help="vLLM's log-probs under top-p are renormalised over the nucleus")
+    tis_cap: Optional[float] = bounded(None, 0.0, low_open=True, help="truncated importance sampling cap; null: off")
+    engine: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
+
+
+@dataclass
+class ValEarlyConfig:
+    until: int = bounded(0, 0, help="dense validation up to this step; 0: off")
+    every: int = bounded(3, 1)
+
+
+@dataclass
+class TrainConfig:
+    ppo_epochs: int = bounded(1, 1)
+    mini_batches: int = bounded(1, 1)
+    micro_batch_size: int = bounded(128, 1, help="responses per forward/backward; does not change the update")
+    grad_clip: float = bounded(1.0, 0.0, low_open=True)
+    logprob_chunk_size: int = bounded(256, 1)
+    val_every: int = bounded(10, 1)
+    val_early: ValEarlyConfig = field(default_factory=ValEarlyConfig)
+    val_batch_size: int = bounded(256, 1)
+    checkpoint_every: int = bounded(50, 1)
+    keep_checkpoints: int = bounded(3, -1, help="-1: keep all")
+    max_consecutive_skips: int = bounded(5, 1)
+
+
+@dataclass
+class DiagnosticsConfig:
+    every: int = bounded(10, 1)
+    credit_samples: int = bounded(4, 0)
+    reference: str = choice("answer", REFERENCE_MODES, "the diagnostic teacher's reference (methods without one)")
+    leakage_phrases: list[str] = field(default_factory=lambda: ["@ref"])
+    answer_first: bool = True
+
+
+@dataclass
+class VerifyConfig:
+    workers: int = bounded(2, 0, help="0: score in the trainer process")
+    timeout_s: float = bounded(30.0, 0.0, low_open=True)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    prompts_per_step: int = bounded(16, 1)
+
+
+@dataclass
+class RootConfig:
+    """conf/config.yaml. Groups typed by their own yaml's schema (method, rollout) or left free (task, model)."""
+
+    method: Any = MISSING
+    task: Any = MISSING
+    model: Any = MISSING
+    rollout: Any = MISSING
+    logger: Any = MISSING
+    seed: int = 1
+    threads: int = bounded(0, 0, help="torch CPU threads; 0: torch's default")
+    resume: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: Any = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: Any = MISSING
+    loss: LossConfig = field(default_factory=LossConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+
+
+ROLLOUT_SCHEMAS = {"hf": RolloutConfig, "vllm": VLLMRolloutConfig}
+store = ConfigStore.instance()
+store.store(name="schema", node=RootConfig)
+for _name, _schema in ROLLOUT_SCHEMAS.items():
+    store.store(group="schema/rollout", name=_name, node=_schema)
+
+
+def group_problems(node: DictConfig, schema: type, key: str) -> list[str]:
+    return schema_problems(typed(node, schema), schema, key)
+
+
+def method_problems(method_cfg: DictConfig) -> list[str]:
+    from methods import OBJECTIVES  # the objectives register their schemas (methods/base.py)
+
+    if method_cfg.name not in OBJECTIVES:
+        return [f"method.name={method_cfg.name}: must be one of {', '.join(sorted(OBJECTIVES))}"]
+    return group_problems(method_cfg, OBJECTIVES[method_cfg.name].config, "method")
+
+
+def raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("bad configuration:\n  " + "\n  ".join(problems))
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Every range, choice and required value of the typed groups, checked at once: one ConfigError listing
+    every problem (`method.eps_w=-1.0: must be in (0, 1]`), before any model is loaded."""
+    problems = method_problems(cfg.method)
+    rollout_schema = ROLLOUT_SCHEMAS.get(cfg.rollout.name)
+    if rollout_schema is None:
+        problems.append(f"rollout.name={cfg.rollout.name}: must be one of {', '.join(ROLLOUT_SCHEMAS)}")
+    else:
+        problems += group_problems(cfg.rollout, rollout_schema, "rollout")
+    problems += schema_problems(typed(cfg, RootConfig), RootConfig)  # loss, train, diagnostics, verify, data, ...
+    raise_problems(problems)

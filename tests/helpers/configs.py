@@ -1,0 +1,29 @@
+"""The real configs (conf/), composed as the entry point composes them, for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+import rlsd_lab.config  # noqa: F401  (registers the schemas the yaml files name)
+from methods import build_objective
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose_config(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def override(key: str, value) -> str:
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return f"{key}={text}"
+
+
+def objective(name: str, *overrides: str, **method_values):
+    """The objective of conf/method/<name>.yaml with `method.<key>=<value>` for each keyword (and raw overrides)."""
+    cfg = compose_config([f"method={name}", *overrides,
+                          *(override(f"method.{key}", value) for key, value in method_values.items())])
+    return build_objective(cfg.method, cfg.loss)
