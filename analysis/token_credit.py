@@ -5,6 +5,11 @@ PNG and a self-contained HTML page.
 
     python -m analysis.token_credit <run dir> --out figures/      # its final_policy, or --policy DIR
 
+The responses and every method's credit come from the training pipeline itself (RLModule.make_experience, then
+rlsd_lab/credit.py): the run's own config (prompt format, task, sampling, chunk size; the defaults with
+--policy alone) with each method's yaml in turn, one group of responses per method, sampled from the same seed,
+so all methods score the same responses.
+
 Each row is scaled to its own largest |credit| (printed in the row label): the methods' credits differ by orders
 of magnitude (GRPO's are advantages ~1, divergence-OPSD's are gradients ~1e-3).
 """
@@ -23,17 +28,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+
+import yaml  # noqa: E402
 
 from analysis.runs import find_run_dirs, run_labels  # noqa: E402
 from methods import build_objective  # noqa: E402
-from rlsd_lab.credit import credits_on_fresh_rollouts  # noqa: E402
+from rlsd_lab.credit import token_credit  # noqa: E402
 from rlsd_lab.credit_quality import decoded_tokens, first_error_positions  # noqa: E402
+from rlsd_lab.logprobs import response_states  # noqa: E402
 from rlsd_lab.models import load_policy  # noqa: E402
+from rlsd_lab.module import RLModule  # noqa: E402
 from rlsd_lab.tasks import build_task  # noqa: E402
-from rlsd_lab.verifiers import build_verifier  # noqa: E402
+from rlsd_lab.train import CONF_DIR  # noqa: E402
+from rlsd_lab.verifiers.pool import VerifierPool  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("grpo", "opsd", "hybrid", "rlsd")
 COLOURS = plt.get_cmap("RdBu")  # red = pushed down, blue = pushed up
 
 
@@ -119,16 +128,56 @@ def final_policy_under(path: Path) -> Path:
     return Path(first["run"]) / "final_policy"
 
 
-def method_objectives(beta_h: float) -> dict:
-    """The four objectives with the defaults of conf/method/*.yaml (hybrid with the given beta_h)."""
-    loss = OmegaConf.load(ROOT / "conf" / "config.yaml").loss
-    objectives = {}
-    for name in ("grpo", "opsd", "hybrid", "rlsd"):
-        cfg = OmegaConf.load(ROOT / "conf" / "method" / f"{name}.yaml")
-        if name == "hybrid":
-            cfg.beta_h = beta_h
-        objectives[name] = build_objective(cfg, loss)
-    return objectives
+def run_overrides(run: Path | None) -> list[str]:
+    """The run's own command-line overrides (.hydra/overrides.yaml) without the method and the model path."""
+    path = run / ".hydra" / "overrides.yaml" if run else None
+    if path is None or not path.exists():
+        return []
+    return [o for o in yaml.safe_load(path.read_text())
+            if not o.lstrip("+~").startswith(("method", "model.path", "hydra."))]
+
+
+def method_config(overrides: list[str], method: str, policy: Path, beta_h: float, seed: int):
+    from hydra import compose, initialize_config_dir
+
+    extra = [f"++method.beta_h={beta_h}"] if method == "hybrid" else []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[*overrides, f"method={method}", *extra,
+                                                        f"model.path={policy}", f"seed={seed}"])
+
+
+class CreditProbe:
+    """One RLModule per method around the same policy, for one group of responses at a time."""
+
+    def __init__(self, overrides: list[str], policy: Path, beta_h: float, seed: int, out: Path):
+        self.overrides, self.policy, self.beta_h, self.seed, self.out = overrides, policy, beta_h, seed, out
+        self.model, self.tokenizer = load_policy(policy)
+        self.cfg = method_config(overrides, "grpo", policy, beta_h, seed)
+        self.task = build_task(self.cfg.task)
+        self.verifier = VerifierPool(self.task.verifier, workers=0)
+
+    def experience(self, method: str, problem):
+        """(module, experience): a fresh module samples what any other fresh one samples (the same seed)."""
+        cfg = method_config(self.overrides, method, self.policy, self.beta_h, self.seed)
+        module = RLModule(cfg, self.model, self.tokenizer, build_objective(cfg.method, cfg.loss), self.verifier,
+                          [], [], self.out)
+        return module, module.make_experience([problem], step=0)
+
+    def credits(self, problem) -> tuple:
+        """(the GRPO experience, {method: [B, T] credit}) on one group of responses to `problem`."""
+        credits, first = {}, None
+        for method in METHODS:
+            module, experience = self.experience(method, problem)
+            first = first or experience
+            if not torch.equal(experience.rollout.response_ids, first.rollout.response_ids):
+                raise RuntimeError(f"{method} sampled other responses than {METHODS[0]}: not comparable")
+            rollout = experience.rollout
+            with torch.no_grad():
+                student = response_states(self.model, rollout.input_ids, rollout.attention_mask,
+                                          rollout.response_ids.shape[1])
+            credits[method] = token_credit(module.objective, experience, student=student, scorer=module.scorer,
+                                           micro_batch_size=module.cfg.train.micro_batch_size)
+        return first, credits
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,30 +194,30 @@ def main(argv: list[str] | None = None) -> None:
     if args.policy is None and args.run is None:
         parser.error("give a run directory or --policy")
     policy = args.policy or final_policy_under(args.run)
-    model, tokenizer = load_policy(policy)
-    task_cfg = OmegaConf.load(ROOT / "conf" / "task" / "arith.yaml")
-    task = build_task(task_cfg)
-    objectives, verifier = method_objectives(args.beta_h), build_verifier(task_cfg.name)
+    probe = CreditProbe(run_overrides(None if args.policy else policy.parent), policy, args.beta_h, args.seed,
+                        args.out)
+    tokenizer, task = probe.tokenizer, probe.task
     # From --problem on, the first problem whose sampled group holds a correct and a wrong response (so A != 0).
     for problem in task.problems("val", args.problem + args.tries, seed=0)[args.problem:]:
-        ids, scored, credits = credits_on_fresh_rollouts(model, tokenizer, objectives, problem, verifier,
-                                                         seed=args.seed)
-        if bool((scored.rewards == 1.0).any() and (scored.rewards < 1.0).any()):
+        rewards = probe.experience("grpo", problem)[1].rewards_B
+        if bool((rewards == 1.0).any() and (rewards < 1.0).any()):
             break
+    experience, credits = probe.credits(problem)
+    ids, rewards = experience.rollout.response_ids, experience.rewards_B
+    locate = getattr(task, "first_error", None)
     panels = []
-    for outcome, rows in (("correct", scored.rewards == 1.0), ("wrong", scored.rewards < 1.0)):
+    for outcome, rows in (("correct", rewards == 1.0), ("wrong", rewards < 1.0)):
         if not bool(rows.any()):
             continue  # every response of the tried problems had this other outcome
         row = int(torch.argmax(rows.int()))
-        length = int(scored.response_mask[row].sum())
+        length = int(experience.response_mask_B_T[row].sum())
         response = ids[row, :length].tolist()
         error = None
-        if outcome == "wrong":
-            text = tokenizer.decode(response, skip_special_tokens=True)
-            error = first_error_positions([text], [problem], task.first_error, [decoded_tokens(tokenizer, response)],
-                                          [length])[0]
-        advantage = float(credits["grpo"][row, 0])
-        panels.append(CreditPanel(f"{outcome} response (reward {float(scored.rewards[row]):.0f}, A={advantage:+.2f})",
+        if outcome == "wrong" and locate:
+            error = first_error_positions([experience.texts[row]], [problem], locate,
+                                          [decoded_tokens(tokenizer, response)], [length])[0]
+        advantage = float(experience.sequence_advantages_B[row])
+        panels.append(CreditPanel(f"{outcome} response (reward {float(rewards[row]):.0f}, A={advantage:+.2f})",
                                   tokenizer.convert_ids_to_tokens(response),
                                   {name: credit[row, :length].tolist() for name, credit in credits.items()}, error))
     title = f"Q:{problem.question}  (policy {policy})"
