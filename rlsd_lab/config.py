@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -62,15 +63,15 @@ def _field_problem(value, metadata) -> str | None:
 
 def schema_problems(node: DictConfig, schema: type, prefix: str = "") -> list[str]:
     """`prefix.key=value: what is allowed` for every field of `schema` whose value in `node` breaks its rule."""
-    problems = []
+    problems, types = [], typing.get_type_hints(schema)
     for spec in dataclasses.fields(schema):
         key = f"{prefix}.{spec.name}" if prefix else spec.name
         if OmegaConf.is_missing(node, spec.name):
             problems.append(f"{key}: required, no default ({spec.metadata.get('help') or 'set it'})")
             continue
         value = node.get(spec.name)
-        if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
-            problems += schema_problems(value, OmegaConf.get_type(value), key)
+        if dataclasses.is_dataclass(types[spec.name]):  # a nested schema (groups typed `Any` are checked apart)
+            problems += schema_problems(value, types[spec.name], key)
             continue
         if isinstance(value, (DictConfig, ListConfig)):
             continue
