@@ -215,7 +215,8 @@ class RLModule(L.LightningModule):
     def training_step(self, indices: torch.Tensor, batch_idx: int):
         """`indices`: the step's global batch of prompts, the same on every rank; each rank rolls out its share."""
         timer = PhaseTimer()
-        problems = [self.train_problems[i] for i in rank_share(indices, self.global_rank, self.trainer.world_size).tolist()]
+        shares = rank_share(indices, self.global_rank, self.trainer.world_size)
+        problems = [self.train_problems[i] for i in shares.tolist()]
         experience = self.make_experience(problems, self.steps_done, timer)
         diagnose = self.diagnostics_due(experience.step)
         metrics = {}
@@ -349,7 +350,8 @@ class RLModule(L.LightningModule):
         metrics.update(self.validate_teacher())
         metrics.update(delta_by_outcome(experience.delta_B_T, experience.rewards_B, rollout.response_mask))
         lengths = rollout.response_lengths().long().tolist()
-        token_texts = [decoded_tokens(self.tokenizer, ids[:n]) for ids, n in zip(rollout.response_ids.tolist(), lengths)]
+        token_texts = [decoded_tokens(self.tokenizer, ids[:n])
+                       for ids, n in zip(rollout.response_ids.tolist(), lengths)]
         first_errors = [None] * len(lengths)
         if self.error_locator:
             first_errors = first_error_positions(experience.texts, experience.row_problems, self.error_locator,

@@ -17,7 +17,8 @@ BAD_VALUES = [  # (overrides, the message's start: key=value: what is allowed)
     (["method=rlsd", "method.lambda_0=2"], "method.lambda_0=2.0: must be in [0, 1]"),
     (["method=rlsd", "method.decay_steps=0"], "method.decay_steps=0: must be >= 1"),
     (["method=rlsd", "method.schedule=cosine"], "method.schedule=cosine: must be one of linear, constant"),
-    (["method=rlsd", "method.teacher.reference=hint"], "method.teacher.reference=hint: must be one of answer, solution"),
+    (["method=rlsd", "method.teacher.reference=hint"],
+     "method.teacher.reference=hint: must be one of answer, solution"),
     (["method=rlsd", "method.teacher.mode=ema"], "method.teacher.mode=ema: must be one of live, periodic, fixed"),
     (["method=rlsd", "method.teacher.sync_every=0"], "method.teacher.sync_every=0: must be >= 1"),
     (["method=grpo", "method.lr=0"], "method.lr=0.0: must be > 0"),
@@ -28,7 +29,8 @@ BAD_VALUES = [  # (overrides, the message's start: key=value: what is allowed)
     (["method=opsd", "method.divergence_clip=0"], "method.divergence_clip=0.0: must be > 0"),
     (["method=hybrid"], "method.beta_h: required, no default"),
     (["method=hybrid", "method.beta_h=1.5"], "method.beta_h=1.5: must be in [0, 1]"),
-    (["method=hybrid", "method.beta_h=0.1", "method.mix=product"], "method.mix=product: must be one of loss, advantage"),
+    (["method=hybrid", "method.beta_h=0.1", "method.mix=product"],
+     "method.mix=product: must be one of loss, advantage"),
     (["method=hybrid", "method.beta_h=0.1", "method.opsd.beta=-0.5"], "method.opsd.beta=-0.5: must be in [0, 1]"),
     (["method.name=ppo"], "method.name=ppo: must be one of grpo, hybrid, opsd, rlsd"),
     (["loss.aggregation=sum"], "loss.aggregation=sum: must be one of token-mean, seq-mean-token-mean, "
@@ -85,7 +87,8 @@ def test_every_problem_is_listed_in_one_message(tmp_path):
         assert any(line.strip().startswith(f"{key}=") for line in lines[1:])
 
 
-@pytest.mark.parametrize(("override", "key"), [("method.eps_w=abc", "method.eps_w"), ("train.val_every=ten", "train.val_every"),
+@pytest.mark.parametrize(("override", "key"), [("method.eps_w=abc", "method.eps_w"),
+                                                ("train.val_every=ten", "train.val_every"),
                                                 ("loss.dual_clip=high", "loss.dual_clip"),
                                                 ("rollout.group_size=2.5", "rollout.group_size")])
 def test_a_value_of_the_wrong_type_fails_while_the_config_is_composed(override, key):

@@ -193,25 +193,19 @@ def test_lora_policy_is_pushed_with_the_adapter_folded_in(tiny_model):
 
 @requires_vllm
 def test_short_training_run_with_vllm_rollouts(tmp_path, monkeypatch):
-    """Until RLModule passes `rollout.engine` to build_engine and pushes its weights after each update itself,
-    both are patched in here."""
-    import rlsd_lab.module
+    """A 3-step run on vLLM rollouts: after each update the engine samples from the trained weights."""
     from rlsd_lab.module import RLModule
 
     cfg = compose_config(["rollout=vllm", "rollout.engine.kv_cache_gib=0.25", "trainer.max_steps=3",
                           "train.val_every=2", "data.prompts_per_step=8", "rollout.group_size=4",
                           "task.val_size=8", "task.train_size=64", "trainer.progress_bar=false"])
-    modules, update = [], RLModule._update
+    modules, learn = [], RLModule.learn
 
-    def update_then_push(self, *args, **kwargs):
-        metrics = update(self, *args, **kwargs)
-        self.engine.sync_weights(self.model)
+    def learn_and_keep(self, *args, **kwargs):
         modules.append(self)
-        return metrics
+        return learn(self, *args, **kwargs)
 
-    monkeypatch.setattr(RLModule, "_update", update_then_push)
-    monkeypatch.setattr(rlsd_lab.module, "build_engine", lambda name, model, tokenizer, seed, **_: build_engine(
-        name, model, tokenizer, seed=seed, **cfg.rollout.engine))
+    monkeypatch.setattr(RLModule, "learn", learn_and_keep)
     summary = run(cfg, tmp_path / "run")
     assert summary["final_step"] == 3 and len(modules) == 3
     module = modules[-1]
