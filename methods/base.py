@@ -75,7 +75,7 @@ class MethodConfig:
     """The fields every conf/method/*.yaml has."""
 
     name: str = ""
-    lr: float = bounded(1e-4, 0.0, low_open=True, help="AdamW learning rate")
+    lr: float = bounded(1e-4, 0.0, help="AdamW learning rate; 0 measures without moving the weights")
 
 
 class Objective(ABC):
