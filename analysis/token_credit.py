@@ -39,7 +39,7 @@ from rlsd_lab.logprobs import response_states  # noqa: E402
 from rlsd_lab.models import load_policy  # noqa: E402
 from rlsd_lab.module import RLModule  # noqa: E402
 from rlsd_lab.tasks import build_task  # noqa: E402
-from rlsd_lab.train import CONF_DIR  # noqa: E402
+from rlsd_lab.config import compose_config  # noqa: E402
 from rlsd_lab.verifiers.pool import VerifierPool  # noqa: E402
 
 METHODS = ("grpo", "opsd", "hybrid", "rlsd")
@@ -138,12 +138,8 @@ def run_overrides(run: Path | None) -> list[str]:
 
 
 def method_config(overrides: list[str], method: str, policy: Path, beta_h: float, seed: int):
-    from hydra import compose, initialize_config_dir
-
     extra = [f"++method.beta_h={beta_h}"] if method == "hybrid" else []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[*overrides, f"method={method}", *extra,
-                                                        f"model.path={policy}", f"seed={seed}"])
+    return compose_config([*overrides, f"method={method}", *extra, f"model.path={policy}", f"seed={seed}"])
 
 
 class CreditProbe:

@@ -40,16 +40,15 @@ def worker(method: str, steps: int, tokens: int, model_dir: str) -> dict:
     sys.path.insert(0, str(ROOT))
     import pandas as pd
     import torch
-    from hydra import compose, initialize_config_dir
 
     import rlsd_lab.train as train
+    from rlsd_lab.config import compose_config
 
     overrides = METHODS[method] + [
         f"model.path={model_dir}", f"trainer.max_steps={steps}", f"train.val_every={10**6}",
         f"diagnostics.every={10**6}", f"rollout.max_new_tokens={tokens}", "trainer.progress_bar=false",
         "task.val_size=1", "train.checkpoint_every=1000000"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_config(overrides)
     gpu = torch.cuda.is_available()
     if gpu:
         cfg.trainer.accelerator = "gpu"
@@ -91,12 +90,11 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     import torch
-    from hydra import compose, initialize_config_dir
 
     from rlsd_lab.bootstrap import ensure_base_policy
+    from rlsd_lab.config import compose_config
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config")
+    cfg = compose_config([])
     model_dir = str(ensure_base_policy(cfg.model, cfg.task))
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
     for round_index in range(args.rounds):

@@ -280,11 +280,10 @@ def ensure_base_policy(model_cfg, task_cfg) -> Path:
 def main(overrides: list[str] | None = None) -> None:
     """Composes the training config with `overrides` (the command line) and ensures its base policy; writes no
     run directory."""
-    from hydra import compose, initialize_config_dir
+    from rlsd_lab.config import compose_config
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=sys.argv[1:] if overrides is None else overrides)
+    cfg = compose_config(sys.argv[1:] if overrides is None else overrides)
     path = ensure_base_policy(cfg.model, cfg.task)
     premise = json.loads((path / "bootstrap.json").read_text())["premise"]
     print(f"[rlsd_lab] base policy {path}: {describe_premise(premise)}")

@@ -209,6 +209,19 @@ class RootConfig:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
 
+def compose_config(overrides: list[str]) -> DictConfig:
+    """conf/config.yaml with `overrides`, composed as the entry point composes it (for code that is not the entry
+    point: the base-policy build, benchmarks, analysis, tests). Every schema is registered first."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    import methods  # noqa: F401  (the objectives register their schemas)
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 ROLLOUT_SCHEMAS = {"hf": RolloutConfig, "vllm": VLLMRolloutConfig}
 store = ConfigStore.instance()
 store.store(name="schema", node=RootConfig)

@@ -103,3 +103,17 @@ def test_the_shipped_configs_are_valid():
     for method in (["method=grpo"], ["method=rlsd"], ["method=opsd"], ["method=hybrid", "method.beta_h=0.1"]):
         for rollout in (["rollout=hf"], ["rollout=vllm"]):
             validate_config(compose_config([*method, *rollout]))
+
+
+def test_the_base_policy_command_composes_the_typed_config():
+    """`python -m rlsd_lab.bootstrap` (make base-policy) composes conf/ outside the entry point: every schema must
+    be registered there too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "rlsd_lab.bootstrap"], cwd=root, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[rlsd_lab] base policy" in result.stdout

@@ -2,19 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
-
-import rlsd_lab.config  # noqa: F401  (registers the schemas the yaml files name)
 from methods import build_objective
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def compose_config(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+from rlsd_lab.config import compose_config
 
 
 def override(key: str, value) -> str:
