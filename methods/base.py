@@ -30,9 +30,6 @@ from rlsd_lab.config import TeacherConfig, bounded
 
 Advantages = torch.Tensor | Mapping[str, torch.Tensor]  # [B, T], or one [B, T] per part of a combination
 
-TEACHER_GROUPS = ("all", "informative", "negative")
-
-
 @dataclass(frozen=True)
 class Needs:
     """What an objective asks the pipeline for, beyond the rollout and the verifier's rewards.
@@ -135,5 +132,6 @@ def teacher_config(cfg) -> TeacherConfig:
     return TeacherConfig(**cfg.teacher)
 
 
-def teacher_field():
-    return field(default_factory=TeacherConfig)
+def teacher_field(mode: str = "live", reference: str = "answer"):
+    """A method's `teacher` field with these defaults (RLSD: live, answer; OPSD and the hybrid: fixed, solution)."""
+    return field(default_factory=lambda: TeacherConfig(mode=mode, reference=reference))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from omegaconf import MISSING, OmegaConf
 
-from methods.base import LossOutput, MicroBatch, Needs, Objective, register_objective, teacher_config
+from methods.base import LossOutput, MicroBatch, Needs, Objective, register_objective, teacher_config, teacher_field
 from methods.grpo import GRPO, GRPOConfig
 from methods.opsd import OPSD, DistillationConfig
 from rlsd_lab.config import TeacherConfig, bounded, choice
@@ -25,7 +25,7 @@ class HybridConfig(GRPOConfig):
     beta_h: float = bounded(MISSING, 0.0, 1.0, help="no published value; sweep it, e.g. method.beta_h=0.1")
     mix: str = choice("loss", MIXES)
     opsd: DistillationConfig = field(default_factory=DistillationConfig)
-    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(mode="fixed", reference="solution"))
+    teacher: TeacherConfig = teacher_field("fixed", "solution")
 
 
 @register_objective("hybrid", HybridConfig)

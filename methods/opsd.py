@@ -9,13 +9,22 @@ surrogate (score function: -Delta_t log P_S(y_t)); never d(log P_T - log P_S) di
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
 import torch
 
-from methods.base import LossOutput, MethodConfig, MicroBatch, Needs, Objective, register_objective, teacher_config
+from methods.base import (
+    LossOutput,
+    MethodConfig,
+    MicroBatch,
+    Needs,
+    Objective,
+    register_objective,
+    teacher_config,
+    teacher_field,
+)
 from methods.divergences import SUPPORTS, token_divergence
 from rlsd_lab.config import TeacherConfig, bounded, choice
 
@@ -34,7 +43,7 @@ class DistillationConfig:
 
 @dataclass
 class OPSDConfig(MethodConfig, DistillationConfig):
-    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(mode="fixed", reference="solution"))
+    teacher: TeacherConfig = teacher_field("fixed", "solution")
 
 
 @register_objective("opsd", OPSDConfig)
