@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from hydra.core.config_store import ConfigStore
 
-from methods.policy_loss import clipped_surrogate
+from methods.policy_loss import cispo_surrogate, clipped_surrogate, sequence_log_ratio
 from rlsd_lab.config import TeacherConfig, bounded
 
 Advantages = torch.Tensor | Mapping[str, torch.Tensor]  # [B, T], or one [B, T] per part of a combination
@@ -100,14 +100,20 @@ class Objective(ABC):
         })
 
     def surrogate(self, micro: MicroBatch, advantages: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The shared clipped surrogate on `advantages`, importance-weighted toward the engine's policy: the
+        """The shared policy-gradient surrogate on `advantages` (`loss.surrogate`: PPO's clip or CISPO; `loss.ratio`:
+        per token, or GSPO's per sequence with its own clip), importance-weighted toward the engine's policy: the
         surrogate is positively homogeneous in the advantage, so scaling A_t by w_t >= 0 scales the token's
         policy-gradient term by w_t."""
         if micro.is_weights is not None:
             advantages = advantages * micro.is_weights
         cfg = self.loss_cfg
-        return clipped_surrogate(micro.logprobs, micro.old_logprobs, advantages, cfg.clip_low, cfg.clip_high,
-                                 cfg.dual_clip)
+        log_ratio, clip_low, clip_high = micro.logprobs - micro.old_logprobs, cfg.clip_low, cfg.clip_high
+        if cfg.ratio == "sequence":
+            log_ratio = sequence_log_ratio(micro.logprobs, micro.old_logprobs, micro.response_mask)
+            clip_low, clip_high = cfg.sequence_clip_low, cfg.sequence_clip_high
+        if cfg.surrogate == "cispo":
+            return cispo_surrogate(micro.logprobs, log_ratio, advantages, cfg.cispo_clip_low, cfg.cispo_clip_high)
+        return clipped_surrogate(log_ratio, advantages, clip_low, clip_high, cfg.dual_clip)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {}

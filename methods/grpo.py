@@ -46,6 +46,6 @@ class GRPO(Objective):
 
     def token_advantages(self, experience):
         advantages = experience.sequence_advantages_B
-        metrics = {"zero_variance_groups": zero_variance_fraction(experience.rewards_B, experience.group_size),
+        metrics = {"zero_variance_groups": zero_variance_fraction(experience.shaped_rewards_B, experience.group_size),
                    "advantage_abs_mean": float(advantages.abs().mean())}
         return advantages[:, None] * experience.response_mask_B_T, metrics

@@ -11,6 +11,8 @@ import torch
 from rlsd_lab.choices import unknown_choice
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+RATIOS = ("token", "sequence")
+SURROGATES = ("ppo", "cispo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
@@ -31,13 +33,14 @@ def aggregation_weights(response_mask: torch.Tensor, mode: str, max_response_len
     raise unknown_choice("loss aggregation", mode, AGGREGATIONS)
 
 
-def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      clip_low: float, clip_high: float, dual_clip: float | None) -> dict[str, torch.Tensor]:
+def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float,
+                      dual_clip: float | None) -> dict[str, torch.Tensor]:
     """Per-token PPO loss with clip-higher (1 - clip_low, 1 + clip_high) and dual clip on negative advantages.
 
+    `log_ratio`: log pi_theta - log pi_old per token (or its sequence-level token form, `sequence_log_ratio`).
     Returns the per-token `loss` and boolean masks of where the low / high / dual clip was active.
     """
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped)
@@ -54,6 +57,45 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
         "clipped_high": (advantages > 0) & (ratio > 1.0 + clip_high),
         "clipped_dual": dual_active,
     }
+
+
+def cispo_surrogate(logprobs: torch.Tensor, log_ratio: torch.Tensor, advantages: torch.Tensor,
+                    clip_low: float | None, clip_high: float) -> dict[str, torch.Tensor]:
+    """CISPO (MiniMax-M1): -sg(clip(rho, 1 - clip_low, 1 + clip_high)) * A * log pi_theta per token.
+
+    The importance weight is clipped and detached, so every token keeps a gradient (PPO's clip zeroes that of a
+    clipped token); its gradient equals PPO's unclipped -A grad(rho) wherever rho lies inside the clip.
+    `clip_low` None: no lower bound (the paper's choice). The loss value is not PPO's; only its gradient is
+    comparable.
+    """
+    ratio = torch.exp(log_ratio)
+    low = 0.0 if clip_low is None else 1.0 - clip_low
+    weight = ratio.detach().clamp(low, 1.0 + clip_high)
+    return {
+        "loss": -weight * advantages * logprobs,
+        "ratio": ratio,
+        "clipped_low": ratio < low,
+        "clipped_high": ratio > 1.0 + clip_high,
+        "clipped_dual": torch.zeros_like(ratio, dtype=torch.bool),
+    }
+
+
+def sequence_mean(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[B] mean of [B, T] `values` over each response's tokens."""
+    return (values * response_mask).sum(dim=1) / response_mask.sum(dim=1).clamp(min=1.0)
+
+
+def sequence_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, response_mask: torch.Tensor
+                       ) -> torch.Tensor:
+    """GSPO's ratio in its token form, [B, T] (log s_{i,t}).
+
+    s_i = exp(mean_t log rho_{i,t}) is the geometric mean of the response's token ratios; its token form
+    s_{i,t} = sg[s_i] * pi_theta(y_t) / sg[pi_theta(y_t)] has the value s_i at every token and the gradient
+    s_i grad log pi_theta(y_t), so per-token advantages (RLSD) still apply; with one advantage per response and
+    a per-sequence token mean, its gradient equals the sequence-level loss's.
+    """
+    log_s = sequence_mean(logprobs - old_logprobs, response_mask).detach()
+    return log_s[:, None] + logprobs - logprobs.detach()
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:

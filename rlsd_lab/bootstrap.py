@@ -57,7 +57,13 @@ log = logging.getLogger(__name__)
 # Bump when the bootstrap recipe changes in a way the config does not capture, so old caches are not reused.
 RECIPE_VERSION = 2
 SHORTCUT_STYLES = ("direct", "cite")
-PROMPTS = ("student", "teacher_answer", "teacher_solution")  # the three greedy accuracies of the premise
+PROMPTS = ("student", "teacher_answer", "teacher_solution")  # the greedy accuracies a premise can hold
+
+
+def judged_prompts(cfg) -> tuple[str, ...]:
+    """The prompts this recipe's premise is measured on: the student's, and the teacher's for each bar (an external
+    teacher's recipe, conf/model/tiny_teacher.yaml, has no teacher bars: only its own, unprivileged, accuracy)."""
+    return ("student", *(f"teacher_{mode}" for mode in cfg.teacher_bars))
 
 
 def cache_root() -> Path:
@@ -152,7 +158,7 @@ class PremiseJudge:
     def __init__(self, engine, tokenizer, verifier, cfg):
         self.engine, self.tokenizer, self.verifier, self.cfg = engine, tokenizer, verifier, cfg
 
-    def measure(self, problems: list[Problem], prompts=PROMPTS) -> dict[str, float]:
+    def measure(self, problems: list[Problem], prompts: tuple[str, ...]) -> dict[str, float]:
         results = {}
         for name in prompts:
             mode = name.removeprefix("teacher_") if name != "student" else None
@@ -180,7 +186,9 @@ def train_base_policy(model_cfg, task_cfg, out_dir: Path) -> dict:
     pool = task.problems("train", cfg.train_pool, seed=cfg.seed)
     rng = random.Random(f"bootstrap-{cfg.seed}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    phase, history, premise, started = "read", [], None, time.time()
+    prompts = judged_prompts(cfg)
+    # Without teacher bars there is nothing to read: straight to phase "solve".
+    phase, history, premise, started = "read" if cfg.teacher_bars else "solve", [], None, time.time()
     model.train()
     progress = tqdm(range(1, cfg.max_steps + 1), desc="base policy", unit="step", mininterval=2.0)
     for step in progress:
@@ -199,15 +207,15 @@ def train_base_policy(model_cfg, task_cfg, out_dir: Path) -> dict:
         if step % cfg.eval_every:
             continue
         model.eval()
-        measured = judge.measure(monitor, prompts=PROMPTS[1:] if phase == "read" else PROMPTS)
+        measured = judge.measure(monitor, prompts[1:] if phase == "read" else prompts)
         history.append({"step": step, "phase": phase, "loss": round(loss, 4), **measured})
-        progress.set_postfix({"phase": phase, **{k: f"{v:.2f}" for k, v in measured.items() if k in PROMPTS}})
+        progress.set_postfix({"phase": phase, **{k: f"{v:.2f}" for k, v in measured.items() if k in prompts}})
         log.info("bootstrap step=%d phase=%s loss=%.4f %s", step, phase, loss,
                  " ".join(f"{k}={v:.3f}" for k, v in measured.items()))
         if phase == "read" and judge.teacher_ready(measured):
             phase = "solve"
         elif phase == "solve" and not premise_failures(measured, cfg):
-            confirmed = judge.measure(validation)
+            confirmed = judge.measure(validation, prompts)
             log.info("bootstrap step=%d on the validation split (%d problems): %s", step, len(validation),
                      " ".join(f"{k}={v:.3f}" for k, v in confirmed.items()))
             if not premise_failures(confirmed, cfg):
@@ -216,7 +224,7 @@ def train_base_policy(model_cfg, task_cfg, out_dir: Path) -> dict:
         model.train()
     progress.close()
     if premise is None:
-        last = judge.measure(validation)
+        last = judge.measure(validation, prompts)
         raise RuntimeError(f"the base policy did not meet its premise within model.bootstrap.max_steps="
                            f"{cfg.max_steps} (phase '{phase}'): " + "; ".join(premise_failures(last, cfg))
                            + ". Raise max_steps, or change lr, lr_scale or student_share")
@@ -243,16 +251,16 @@ def cached_premise(path: Path, cfg) -> dict | None:
     if not record_file.exists():
         return None
     premise = json.loads(record_file.read_text()).get("premise")
-    if premise is None or any(name not in premise for name in PROMPTS) or premise_failures(premise, cfg):
+    if premise is None or any(name not in premise for name in judged_prompts(cfg)) or premise_failures(premise, cfg):
         return None
     return premise
 
 
 def describe_premise(premise: dict) -> str:
-    return (f"greedy accuracy on {premise['problems']} validation problems: student {premise['student']:.3f}, "
-            f"teacher with the answer {premise['teacher_answer']:.3f}, with the solution "
-            f"{premise['teacher_solution']:.3f} (shortcut rate {premise['teacher_answer_shortcut_rate']:.3f} / "
-            f"{premise['teacher_solution_shortcut_rate']:.3f})")
+    teachers = "".join(f", teacher with the {name.removeprefix('teacher_')} {premise[name]:.3f} (shortcut rate "
+                       f"{premise[name + '_shortcut_rate']:.3f})" for name in PROMPTS[1:] if name in premise)
+    return (f"greedy accuracy on {premise['problems']} validation problems: student prompt "
+            f"{premise['student']:.3f}{teachers}")
 
 
 def ensure_base_policy(model_cfg, task_cfg) -> Path:

@@ -112,6 +112,13 @@ class LossConfig:
     kl_coef: float = bounded(0.0, 0.0, help="KL to the initial policy; 0: off")
     kl_estimator: str = choice("k3", ("k1", "k2", "k3"), "Schulman's estimators")
     entropy_coef: float = bounded(0.0, 0.0)
+    ratio: str = choice("token", ("token", "sequence"), "sequence: GSPO's geometric-mean ratio, with its own clip")
+    sequence_clip_low: float = bounded(3e-4, 0.0, 1.0, high_open=True, help="loss.ratio=sequence: 1 - this")
+    sequence_clip_high: float = bounded(4e-4, 0.0, help="loss.ratio=sequence: 1 + this (GSPO paper: 3e-4 / 4e-4)")
+    surrogate: str = choice("ppo", ("ppo", "cispo"), "cispo: clipped, detached IS weight x A x log-prob")
+    cispo_clip_low: Optional[float] = bounded(None, 0.0, 1.0, help="CISPO weight floor 1 - this; null: none (paper)")
+    cispo_clip_high: float = bounded(0.28, 0.0, help="CISPO weight cap 1 + this")
+    mask_truncated: bool = False  # DAPO overlong filtering: responses cut at max_new_tokens are left out of the loss
 
 
 @dataclass
@@ -143,6 +150,11 @@ class VLLMRolloutConfig(RolloutConfig):
     name: str = choice("vllm", ("vllm",))
     top_p: float = bounded(1.0, 1.0, 1.0, help="vLLM's log-probs under top-p are renormalised over the nucleus")
     tis_cap: Optional[float] = bounded(None, 0.0, low_open=True, help="truncated importance sampling cap; null: off")
+    tis_level: str = choice("token", ("token", "sequence", "geometric"),
+                            "token: per-token ratio; sequence: the response's product of ratios; geometric: their "
+                            "geometric mean (each truncated at tis_cap, weighting the whole response)")
+    sequence_mask: Optional[list[float]] = field(default=None, metadata={
+        "help": "[lo, hi]: responses whose geometric-mean trainer/engine ratio is outside are left out; null: off"})
     engine: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
 
 
@@ -184,8 +196,31 @@ class VerifyConfig:
 
 
 @dataclass
+class DynamicSamplingConfig:
+    """DAPO's dynamic sampling: groups whose raw verifier scores are all equal carry no advantage."""
+
+    enabled: bool = False
+    max_draws: int = bounded(4, 1, help="prompt batches drawn per step at most (the first included)")
+
+
+@dataclass
 class DataConfig:
     prompts_per_step: int = bounded(16, 1)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+
+
+@dataclass
+class OverlongConfig:
+    """DAPO's soft overlong punishment, added to the verifier's reward (rlsd_lab/reward_shaping.py)."""
+
+    enabled: bool = False
+    max_len: Optional[int] = bounded(None, 1, help="L_max; null: rollout.max_new_tokens")
+    buffer: int = bounded(16, 1, help="L_cache: the penalty ramps from 0 to -1 over the last `buffer` tokens")
+
+
+@dataclass
+class RewardConfig:
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
 
 
 @dataclass
@@ -201,6 +236,7 @@ class RootConfig:
     threads: int = bounded(0, 0, help="torch CPU threads; 0: torch's default")
     resume: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: Any = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: Any = MISSING
@@ -256,4 +292,20 @@ def validate_config(cfg: DictConfig) -> None:
     else:
         problems += group_problems(cfg.rollout, rollout_schema, "rollout")
     problems += schema_problems(typed(cfg, RootConfig), RootConfig)  # loss, train, diagnostics, verify, data, ...
+    problems += cross_field_problems(cfg)
     raise_problems(problems)
+
+
+def cross_field_problems(cfg: DictConfig) -> list[str]:
+    """Rules that tie two values together."""
+    problems = []
+    bounds = cfg.rollout.get("sequence_mask")
+    if bounds is not None and not (len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)
+                                   and 0 <= bounds[0] < 1 < bounds[1]):
+        problems.append(f"rollout.sequence_mask={list(bounds)}: must be [lo, hi] with 0 <= lo < 1 < hi")
+    overlong = cfg.reward.overlong
+    max_len = overlong.max_len or cfg.rollout.max_new_tokens
+    if overlong.enabled and overlong.buffer >= max_len:
+        problems.append(f"reward.overlong.buffer={overlong.buffer}: must be below reward.overlong.max_len "
+                        f"(here {max_len})")
+    return problems

@@ -40,7 +40,7 @@ def token_credit(objective: Objective, experience: Experience, *, student: Hidde
                            delta=rows_of(experience.delta_B_T, rows), divergence=divergence)
         (grad,) = torch.autograd.grad(objective.per_token_loss(micro).loss.sum(), logprobs, allow_unused=True)
         credits.append(torch.zeros_like(logprobs) if grad is None else -grad)
-    return torch.cat(credits) * experience.response_mask_B_T
+    return torch.cat(credits) * experience.loss_mask_B_T
 
 
 def alternate_outcomes(rewards: torch.Tensor, advantages: torch.Tensor, count: int) -> list[int]:

@@ -30,8 +30,9 @@ class Experience:
     rollout: RolloutBatch  # prompt_ids [B, P_len], response_ids [B, T], response_mask [B, T], logprobs [B, T]
     texts: list[str]  # [B] decoded responses
     verdicts: list[Verdict]  # [B]
-    rewards_B: torch.Tensor  # [B]
-    sequence_advantages_B: torch.Tensor  # [B] group-normalised A, computed once per step
+    rewards_B: torch.Tensor  # [B] the verifier's rewards (correctness)
+    sequence_advantages_B: torch.Tensor  # [B] group-normalised A of the shaped rewards, computed once per step
+    reward_shaping_B: torch.Tensor | None = None  # [B] added to rewards_B before A (reward.overlong)
     old_logprobs_B_T: torch.Tensor | None = None  # [B, T]; None: pi_old is the first optimiser step's weights
     ref_logprobs_B_T: torch.Tensor | None = None  # [B, T] under the initial policy (loss.kl_coef > 0)
     delta_B_T: torch.Tensor | None = None  # [B, T] log P_T - log P_S, detached; 0 on rows the teacher skipped
@@ -40,11 +41,24 @@ class Experience:
     reasoning_mask_B_T: torch.Tensor | None = None  # [B, T] tokens before the answer span
     advantages: Advantages | None = None  # [B, T] (or one per part) from the objective
     is_weights_B_T: torch.Tensor | None = None  # [B, T] truncated importance weights (rollout.tis_cap)
+    loss_rows_B: torch.Tensor | None = None  # [B] bool, rows in the loss (loss.mask_truncated, rollout.sequence_mask)
     advantage_metrics: dict[str, float] = field(default_factory=dict)
+    sampling_metrics: dict[str, float] = field(default_factory=dict)  # dynamic sampling, reward shaping, masking
 
     @property
     def response_mask_B_T(self) -> torch.Tensor:
         return self.rollout.response_mask
+
+    @property
+    def shaped_rewards_B(self) -> torch.Tensor:
+        """What the group advantages normalise: the verifier's rewards plus any shaping."""
+        return self.rewards_B if self.reward_shaping_B is None else self.rewards_B + self.reward_shaping_B
+
+    @property
+    def loss_mask_B_T(self) -> torch.Tensor:
+        """The response tokens the loss sees: `response_mask_B_T` without the rows left out."""
+        mask = self.rollout.response_mask
+        return mask if self.loss_rows_B is None else mask * self.loss_rows_B[:, None].to(mask.dtype)
 
     @property
     def student_logprobs_B_T(self) -> torch.Tensor:

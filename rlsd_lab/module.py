@@ -26,6 +26,7 @@ from rlsd_lab.config import TeacherConfig
 from rlsd_lab.credit import alternate_outcomes, token_credit, write_credit_records
 from rlsd_lab.credit_quality import credit_quality, decoded_tokens, first_error_positions
 from rlsd_lab.diagnostics import delta_by_outcome, leakage_rate, reasoning_mask
+from rlsd_lab.dynamic_sampling import GroupPicker
 from rlsd_lab.distributed import (
     GradientSync,
     check_prompts_per_rank,
@@ -41,8 +42,9 @@ from rlsd_lab.logprobs import TokenScorer, response_states
 from rlsd_lab.models import initial_weights
 from rlsd_lab.prompts import ANSWER_MARKER, PromptRenderer, reference_text
 from rlsd_lab.resume import CHECKPOINT_KEY, rng_state, set_rng_state
-from rlsd_lab.rollout import HFRolloutEngine, SamplingParams, build_engine, stop_token_ids
-from rlsd_lab.rollout.mismatch import logprob_mismatch, truncated_is_weights
+from rlsd_lab.reward_shaping import reward_shaping
+from rlsd_lab.rollout import HFRolloutEngine, SamplingParams, build_engine, concat_rollouts, stop_token_ids
+from rlsd_lab.rollout.mismatch import engine_correction, logprob_mismatch
 from rlsd_lab.sharding import full_value, gathered, is_sharded, shard_model
 from rlsd_lab.tasks.problem import Problem
 from rlsd_lab.teacher import TeacherPass
@@ -114,6 +116,8 @@ class RLModule(L.LightningModule):
                                        top_p=cfg.rollout.top_p, n=cfg.rollout.group_size)
         self.scorer = TokenScorer(cfg.rollout.temperature, cfg.train.logprob_chunk_size)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
+        # data.dynamic_sampling's extra prompts: per rank, apart from the loader's order (saved for resume)
+        self.dynamic_generator = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + rank)
         self.reference_model = None
         if cfg.loss.kl_coef > 0:  # the initial policy; for a LoRA policy its base model (no copy)
             self.reference_model = initial_weights(model)
@@ -182,7 +186,7 @@ class RLModule(L.LightningModule):
 
     # ---- checkpoints (rlsd_lab/resume.py) ----------------------------------------------------------------------
     def _generators(self) -> dict[str, torch.Generator]:
-        return {"rollout": self.engine.generator, "shuffle": self.shuffle_generator}
+        return {"rollout": self.engine.generator, "shuffle": self.shuffle_generator, "dynamic": self.dynamic_generator}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Adds what Lightning does not save, with every rank's RNG states; first writes out the metrics logged so
@@ -239,14 +243,15 @@ class RLModule(L.LightningModule):
     @torch.no_grad()
     def make_experience(self, problems: list[Problem], step: int, timer: PhaseTimer | None = None) -> Experience:
         """Samples `rollout.group_size` responses to each problem and scores them with everything the objective
-        and this step's diagnostics read. Changes no weights (a periodic teacher re-syncs on its schedule)."""
+        and this step's diagnostics read. Changes no weights (a periodic or EMA teacher moves on its schedule).
+        With `data.dynamic_sampling` the problems are the step's first draw (rlsd_lab/dynamic_sampling.py)."""
         timer, needs, group_size = timer or PhaseTimer(), self.objective.needs, self.cfg.rollout.group_size
-        with timer.phase("rollout"), gathered(self.model):
-            rollout = self.engine.generate([self.prompts.ids(p) for p in problems], self.sampling)
-        with timer.phase("verify"):
-            texts = decode_responses(self.tokenizer, rollout)
-            verdicts = self.verifier.score_batch(texts, [p for p in problems for _ in range(group_size)])
-            rewards = torch.tensor([v.reward for v in verdicts], device=rollout.response_mask.device)
+        problems, rollout, texts, verdicts, sampling_metrics = self._sample(problems, timer)
+        rewards = torch.tensor([v.reward for v in verdicts], device=rollout.response_mask.device)
+        shaping = reward_shaping(rollout.response_lengths(), self.cfg.reward, self.cfg.rollout.max_new_tokens)
+        shaped = rewards if shaping is None else rewards + shaping
+        if shaping is not None:
+            sampling_metrics["train/overlong_penalty"] = float(shaping.mean())
         reference = old = None
         if self.reference_model is not None:
             with timer.phase("reference"):
@@ -258,18 +263,53 @@ class RLModule(L.LightningModule):
                 old = self._logprobs(self.model, rollout)
         experience = Experience(
             step=step, group_size=group_size, problems=problems, rollout=rollout, texts=texts, verdicts=verdicts,
-            rewards_B=rewards, sequence_advantages_B=group_advantages(rewards, group_size, needs.scale_by_std),
-            old_logprobs_B_T=old, ref_logprobs_B_T=reference,
+            rewards_B=rewards, sequence_advantages_B=group_advantages(shaped, group_size, needs.scale_by_std),
+            reward_shaping_B=shaping, old_logprobs_B_T=old, ref_logprobs_B_T=reference,
             reasoning_mask_B_T=reasoning_mask(rollout.response_ids, rollout.response_mask,
                                               self.encode(ANSWER_MARKER)) if needs.reasoning_mask else None)
         if needs.teacher is not None or self.diagnostics_due(step):
             with timer.phase("teacher"):
                 experience = self._with_teacher(experience)
         advantages, metrics = self.objective.token_advantages(experience)
-        is_weights = None
-        if self.cfg.rollout.get("tis_cap"):  # toward the engine's policy (rollout/mismatch.py)
-            is_weights = truncated_is_weights(old, rollout.logprobs, self.cfg.rollout.tis_cap) * rollout.response_mask
-        return replace(experience, advantages=advantages, is_weights_B_T=is_weights, advantage_metrics=metrics)
+        is_weights, loss_rows = None, None
+        if old is not None and self.cfg.rollout.name != "hf":  # toward the engine's policy (rollout/mismatch.py)
+            is_weights, loss_rows, mismatch = engine_correction(old, rollout.logprobs, rollout.response_mask,
+                                                                self.cfg.rollout)
+            sampling_metrics |= mismatch
+        if self.cfg.loss.mask_truncated:  # DAPO overlong filtering
+            loss_rows = rollout.finished if loss_rows is None else loss_rows & rollout.finished
+            sampling_metrics["train/truncated_masked_share"] = float((~rollout.finished).float().mean())
+        return replace(experience, advantages=advantages, is_weights_B_T=is_weights, loss_rows_B=loss_rows,
+                       advantage_metrics=metrics, sampling_metrics=sampling_metrics)
+
+    def _sample(self, problems: list[Problem], timer: PhaseTimer):
+        """(problems, rollout, texts, verdicts, metrics): one draw, or with `data.dynamic_sampling` as many draws
+        as it takes to hold `len(problems)` groups whose verifier scores differ (capped)."""
+        dynamic = self.cfg.data.dynamic_sampling
+        if not dynamic.enabled:
+            return problems, *self._rollout_and_verify(problems, timer), {}
+        size, picker, batch = self.cfg.rollout.group_size, GroupPicker(wanted=len(problems)), problems
+        while True:
+            rollout, texts, verdicts = self._rollout_and_verify(batch, timer)
+            rows = [slice(g * size, (g + 1) * size) for g in range(len(batch))]
+            picker.add([(problem, rollout.rows(r), texts[r], verdicts[r]) for problem, r in zip(batch, rows)],
+                       torch.tensor([v.reward for v in verdicts]), size)
+            if picker.done or picker.draws >= dynamic.max_draws:
+                break
+            batch = [self.train_problems[i] for i in torch.randint(
+                len(self.train_problems), (len(problems),), generator=self.dynamic_generator).tolist()]
+        picked = picker.picked()
+        return ([problem for problem, *_ in picked], concat_rollouts([g[1] for g in picked], self.tokenizer.pad_token_id),
+                [t for g in picked for t in g[2]], [v for g in picked for v in g[3]], picker.metrics())
+
+    def _rollout_and_verify(self, problems: list[Problem], timer: PhaseTimer):
+        group_size = self.cfg.rollout.group_size
+        with timer.phase("rollout"), gathered(self.model):
+            rollout = self.engine.generate([self.prompts.ids(p) for p in problems], self.sampling)
+        with timer.phase("verify"):
+            texts = decode_responses(self.tokenizer, rollout)
+            verdicts = self.verifier.score_batch(texts, [p for p in problems for _ in range(group_size)])
+        return rollout, texts, verdicts
 
     def _with_teacher(self, experience: Experience) -> Experience:
         """Delta of the sampled tokens under the privileged prompt (and the teacher's hidden states when a
@@ -380,7 +420,7 @@ class RLModule(L.LightningModule):
         """What the step's rollout was like: rewards, lengths, verdicts, the advantages, the engine mismatch,
         leakage, throughput."""
         rollout = experience.rollout
-        metrics = {f"train/{k}": v for k, v in experience.advantage_metrics.items()}
+        metrics = {f"train/{k}": v for k, v in experience.advantage_metrics.items()} | experience.sampling_metrics
         if experience.teacher_rows_B is not None:
             metrics["train/teacher_groups_fraction"] = float(experience.teacher_rows_B.float().mean())
         lengths = rollout.response_lengths()

@@ -47,7 +47,8 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
     for key, generator in generators.items():
-        generator.set_state(state["generators"][key])
+        if key in state["generators"]:  # a checkpoint from before a generator existed leaves it at its seed
+            generator.set_state(state["generators"][key])
 
 
 # ---- data order ------------------------------------------------------------------------------------------------

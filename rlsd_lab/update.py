@@ -73,7 +73,7 @@ def accumulate_policy_gradients(model, objective: Objective, experience: Experie
     gradient is all-reduced once; every rank must then have the same number of micro-batches.
     """
     rollout = experience.rollout
-    mask = rollout.response_mask[rows]
+    mask = experience.loss_mask_B_T[rows]  # rows left out of the loss weigh 0 and count in no denominator
     length = mask.shape[1]
     loss_weights = global_aggregation_weights(mask, loss_cfg.aggregation, max_response_length)
     token_weights = global_aggregation_weights(mask, "token-mean", length)

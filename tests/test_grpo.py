@@ -42,14 +42,14 @@ def test_grpo_gives_every_token_the_sequence_advantage():
 def test_clipped_surrogate_by_hand():
     advantages = torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0])
     ratio = torch.tensor([1.5, 0.5, 4.0, 0.5, 1.1])
-    out = clipped_surrogate(ratio.log(), torch.zeros(5), advantages, clip_low=0.2, clip_high=0.28, dual_clip=3.0)
+    out = clipped_surrogate(ratio.log(), advantages, clip_low=0.2, clip_high=0.28, dual_clip=3.0)
     # 1: A>0, ratio above 1.28 -> -1.28 (clip-high). 2: A<0, ratio below 0.8 -> 0.8 (clip-low).
     # 3: A<0, ratio 4 -> unclipped 4, dual clip caps at 3. 4: A>0, ratio 0.5 -> -0.5, no clip. 5: -1 * 1.1 -> 1.1.
     torch.testing.assert_close(out["loss"], torch.tensor([-1.28, 0.8, 3.0, -0.5, 1.1]))
     assert out["clipped_high"].tolist() == [True, False, False, False, False]
     assert out["clipped_low"].tolist() == [False, True, False, False, False]
     assert out["clipped_dual"].tolist() == [False, False, True, False, False]
-    no_dual = clipped_surrogate(ratio.log(), torch.zeros(5), advantages, 0.2, 0.28, dual_clip=None)
+    no_dual = clipped_surrogate(ratio.log(), advantages, 0.2, 0.28, dual_clip=None)
     assert float(no_dual["loss"][2]) == pytest.approx(4.0)
 
 

@@ -46,6 +46,6 @@ def test_scaling_advantages_by_is_weights_scales_each_token_loss():
     logprobs, old = -torch.rand(4, 6, generator=generator) * 3, -torch.rand(4, 6, generator=generator) * 3
     advantages = torch.randn(4, 6, generator=generator)
     weights = truncated_is_weights(old, old + 0.5 * torch.randn(4, 6, generator=generator), cap=2.0)
-    scaled = clipped_surrogate(logprobs, old, advantages * weights, 0.2, 0.28, 3.0)["loss"]
-    plain = clipped_surrogate(logprobs, old, advantages, 0.2, 0.28, 3.0)["loss"]
+    scaled = clipped_surrogate(logprobs - old, advantages * weights, 0.2, 0.28, 3.0)["loss"]
+    plain = clipped_surrogate(logprobs - old, advantages, 0.2, 0.28, 3.0)["loss"]
     assert torch.allclose(scaled, weights * plain, atol=1e-6)

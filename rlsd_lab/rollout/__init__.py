@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rlsd_lab.choices import check_choice
-from rlsd_lab.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
+from rlsd_lab.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, concat_rollouts
 from rlsd_lab.rollout.hf_engine import HFRolloutEngine
 
 

@@ -49,6 +49,30 @@ class RolloutBatch:
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(dim=1)
 
+    def rows(self, index) -> RolloutBatch:
+        return RolloutBatch(self.prompt_ids[index], self.prompt_mask[index], self.response_ids[index],
+                            self.response_mask[index], self.logprobs[index], self.finished[index])
+
+
+def concat_rollouts(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """One batch of the rows of `batches`, prompts left-padded and responses right-padded to the widest (positions
+    come from the attention mask, so extra left padding changes no log-prob)."""
+    prompt_width = max(b.prompt_ids.shape[1] for b in batches)
+    response_width = max(b.response_ids.shape[1] for b in batches)
+
+    def left(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (prompt_width - t.shape[1], 0), value=value)
+
+    def right(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, response_width - t.shape[1]), value=value)
+
+    return RolloutBatch(torch.cat([left(b.prompt_ids, pad_id) for b in batches]),
+                        torch.cat([left(b.prompt_mask, 0) for b in batches]),
+                        torch.cat([right(b.response_ids, pad_id) for b in batches]),
+                        torch.cat([right(b.response_mask, 0) for b in batches]),
+                        torch.cat([right(b.logprobs, 0) for b in batches]),
+                        torch.cat([b.finished for b in batches]))
+
 
 class RolloutEngine(ABC):
     """Samples responses for a list of tokenised prompts."""
