@@ -190,7 +190,7 @@ def train_base_policy(model_cfg, task_cfg, out_dir: Path) -> dict:
     # Without teacher bars there is nothing to read: straight to phase "solve".
     phase, history, premise, started = "read" if cfg.teacher_bars else "solve", [], None, time.time()
     model.train()
-    progress = tqdm(range(1, cfg.max_steps + 1), desc="base policy", unit="step", mininterval=2.0)
+    progress = tqdm(range(1, cfg.max_steps + 1), desc=f"embedded model {model_cfg.name}", unit="step", mininterval=2.0)
     for step in progress:
         reference_share = 1.0 if phase == "read" else 1.0 - cfg.student_share
         lr = cfg.lr * min(1.0, step / cfg.warmup_steps) * (1.0 if phase == "read" else cfg.lr_scale)
@@ -283,6 +283,13 @@ def ensure_base_policy(model_cfg, task_cfg) -> Path:
     log.info(message)
     print(f"[rlsd_lab] {message}")
     return final
+
+
+def embedded_task(task_cfg):
+    """The task the embedded models are trained on: arithmetic (another task's runs share its cached models)."""
+    if task_cfg.name == "arith":
+        return task_cfg
+    return OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "task" / "arith.yaml")
 
 
 def main(overrides: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from rlsd_lab.prompts import REFERENCE_MODES
+from rlsd_lab.prompts import REFERENCE_MODES, TEACHER_REFERENCES
 
 
 class ConfigError(ValueError):
@@ -90,15 +90,23 @@ def typed(node: DictConfig, schema: type) -> DictConfig:
 
 
 # ---- the groups ---------------------------------------------------------------------------------------------
+TEACHER_MODES = ("live", "periodic", "fixed", "ema", "external")
+
+
 @dataclass
 class TeacherConfig:
-    """The privileged teacher: the policy's own weights, with a reference block in its prompt."""
+    """The teacher: the policy's own weights with a reference block in its prompt, or a separate external model."""
 
-    mode: str = choice("live", ("live", "periodic", "fixed"),
+    mode: str = choice("live", TEACHER_MODES,
                        "live: the current weights; periodic: a copy re-synced every sync_every steps; fixed: the "
-                       "initial weights")
-    reference: str = choice("answer", REFERENCE_MODES, "what the teacher's prompt carries")
+                       "initial weights; ema: an exponential moving average of the policy; external: another model")
+    reference: str = choice("answer", TEACHER_REFERENCES, "what the teacher's prompt carries (none: the student's)")
     sync_every: int = bounded(10, 1, help="periodic mode: steps between re-syncs (RLSD paper: 10)")
+    ema_rate: float = bounded(0.05, 0.0, 1.0, low_open=True, help="ema mode: teacher <- (1 - rate) teacher + rate policy")
+    model: Optional[str] = None  # external mode: a local transformers directory; null: the embedded teacher below
+    embedded: Any = None  # external mode: the model config of the embedded teacher (conf/model/tiny_teacher.yaml)
+    dtype: str = choice("auto", ("auto", "float32", "bfloat16"), "external weights; auto: bfloat16 on a GPU")
+    require_stronger: bool = True  # external mode: refuse to train when its greedy accuracy is not above the student's
 
 
 @dataclass

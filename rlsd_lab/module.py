@@ -37,6 +37,7 @@ from rlsd_lab.distributed import (
 )
 from rlsd_lab.evaluation import decode_responses, greedy_accuracy
 from rlsd_lab.experience import Experience, teacher_groups
+from rlsd_lab.external_teacher import load_external_teacher
 from rlsd_lab.guards import UpdateGuard
 from rlsd_lab.logprobs import TokenScorer, response_states
 from rlsd_lab.models import initial_weights
@@ -123,7 +124,12 @@ class RLModule(L.LightningModule):
             self.reference_model = initial_weights(model)
         # Objectives without a teacher still get a live one for the periodic diagnostics.
         teacher = objective.needs.teacher or TeacherConfig("live", cfg.diagnostics.reference, sync_every=1)
-        self.teacher = TeacherPass(model, teacher.mode, teacher.sync_every)
+        external = None
+        if teacher.mode == "external":  # refused here, before training, when its vocabulary is not the student's
+            external = load_external_teacher(teacher, cfg.task, model, tokenizer, cfg.trainer.accelerator)
+            self.strict_loading = False  # its weights are not in the checkpoints (on_save_checkpoint)
+        self.teacher = TeacherPass(model, teacher.mode, teacher.sync_every, teacher.ema_rate, external)
+        self.require_stronger_teacher = teacher.mode == "external" and teacher.require_stronger
         self.teacher_reference = teacher.reference
         self.error_locator = error_locator
         self._fixed_teacher_accuracy: dict[str, float] | None = None  # a fixed teacher's, measured once
@@ -160,15 +166,30 @@ class RLModule(L.LightningModule):
     def validate_teacher(self) -> dict[str, float]:
         """The teacher's greedy accuracy on the validation set with its reference in the prompt. A live (or
         periodic) teacher moves with the policy; a fixed one is measured once. Always on the HF engine."""
-        if self.teacher.mode == "fixed" and self._fixed_teacher_accuracy is not None:
+        if self.teacher.mode in ("fixed", "external") and self._fixed_teacher_accuracy is not None:
             return self._fixed_teacher_accuracy
         weights = self.model if self.teacher.frozen is None else self.teacher.frozen
         engine = self.engine if weights is self.model and self.cfg.rollout.name == "hf" else HFRolloutEngine(
             weights, self.tokenizer.pad_token_id, stop_token_ids(self.model, self.tokenizer))
         result = self._greedy_validation(engine, weights, self.teacher_reference)
         metrics = {"teacher/val_accuracy": result["accuracy"], "teacher/val_response_length": result["response_length"]}
-        if self.teacher.mode == "fixed":
+        if self.teacher.mode in ("fixed", "external"):
             self._fixed_teacher_accuracy = metrics
+        return metrics
+
+    def check_teacher_is_stronger(self, student_accuracy: float) -> dict[str, float]:
+        """An external teacher must know more than the student, or distilling it teaches nothing: its greedy
+        validation accuracy is printed beside the student's, and training stops when it is not higher
+        (`method.teacher.require_stronger=false` lets it run)."""
+        metrics = self.validate_teacher()
+        teacher_accuracy = metrics["teacher/val_accuracy"]
+        if self.global_rank == 0:
+            print(f"[rlsd_lab] premise: external teacher greedy validation accuracy {teacher_accuracy:.3f} against "
+                  f"the student's {student_accuracy:.3f}")
+        if teacher_accuracy <= student_accuracy:
+            raise RuntimeError(f"the external teacher is not stronger than the student (greedy validation accuracy "
+                               f"{teacher_accuracy:.3f} <= {student_accuracy:.3f}); set method.teacher.model to a "
+                               "stronger model, or method.teacher.require_stronger=false to train anyway")
         return metrics
 
     def _greedy_validation(self, engine, model, reference_mode: str | None = None) -> dict[str, float]:
@@ -193,6 +214,9 @@ class RLModule(L.LightningModule):
         far, so that the run directory holds every row up to the checkpoint's step."""
         for logger in self.loggers:
             logger.save()
+        if self.teacher.mode == "external":  # frozen and reloaded from its own directory: not saved again
+            for key in [k for k in checkpoint["state_dict"] if k.startswith("teacher.frozen.")]:
+                del checkpoint["state_dict"][key]
         checkpoint[CHECKPOINT_KEY] = {"rollout_step": self.steps_done, "guard": self.guard.state_dict(),
                                       "rng": gather_objects(rng_state(self._generators()))}
 
@@ -211,6 +235,8 @@ class RLModule(L.LightningModule):
         self.engine.sync_weights(self.model)  # a resumed checkpoint replaced the weights the engine started from
         if self.steps_done == 0:
             metrics = self.validate_policy()
+            if self.require_stronger_teacher:
+                metrics |= self.check_teacher_is_stronger(metrics["val/accuracy"])
             self._log(metrics, step=0)
             if self.global_rank == 0:
                 log.info("step=0 %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

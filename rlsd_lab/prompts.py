@@ -17,16 +17,19 @@ if TYPE_CHECKING:
 ANSWER_MARKER = "A:"
 CITATION_MARKER = "@ref"
 REFERENCE_MODES = ("answer", "solution")
+TEACHER_REFERENCES = (*REFERENCE_MODES, "none")  # none: an external teacher, stronger without privileged information
 
 
 def reference_text(problem: Problem, mode: str) -> str:
     """The privileged information shown to the teacher: the final answer only, or the full solution (the answer
-    when a row has no reference solution)."""
+    when a row has no reference solution); none: nothing, so the teacher's prompt is the student's."""
+    if mode == "none":
+        return ""
     if mode == "answer":
         return problem.answer
     if mode == "solution":
         return problem.solution or problem.answer
-    raise unknown_choice("reference mode", mode, REFERENCE_MODES)
+    raise unknown_choice("reference mode", mode, TEACHER_REFERENCES)
 
 
 def render_prompt(question: str, reference: str = "") -> str:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from analysis.run_summary import validation_curve, validation_summary
 from methods import build_objective
-from rlsd_lab.bootstrap import ensure_base_policy
+from rlsd_lab.bootstrap import embedded_task, ensure_base_policy
 from rlsd_lab.choices import check_choice
 from rlsd_lab.config import validate_config
 from rlsd_lab.distributed import build_strategy, check_launch
@@ -39,7 +39,6 @@ from rlsd_lab.tasks import build_task
 from rlsd_lab.verifiers.pool import VerifierPool
 
 log = logging.getLogger("rlsd_lab")
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 LOGGERS = ("csv", "wandb")
 # Expected here, not problems: checkpoints of a manually optimised module are taken after the optimiser step (the
 # state a resume needs), and the data loader does resume mid-epoch, by a sampler Lightning does not know of.
@@ -68,8 +67,7 @@ def policy_path(cfg) -> Path:
     """
     if cfg.model.path:
         return Path(cfg.model.path)
-    base_task = cfg.task if cfg.task.name == "arith" else OmegaConf.load(CONF_DIR / "task" / "arith.yaml")
-    return ensure_base_policy(cfg.model, base_task)
+    return ensure_base_policy(cfg.model, embedded_task(cfg.task))
 
 
 def build_verifier_pool(cfg, task, problems: list) -> VerifierPool:
