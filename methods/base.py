@@ -89,6 +89,12 @@ class Objective(ABC):
     def token_advantages(self, experience) -> tuple[Advantages, dict[str, float]]:
         """Per-token advantages (zero on padding) and metrics about them."""
 
+    def teacher_references(self, experience) -> list[str] | None:
+        """One reference block per row for the teacher's prompt, when an objective builds them from the rollout
+        (SDPO: a successful response of the same group); "" scores the row on the student's prompt. None (the
+        default): the problems' own references (`Needs.teacher.reference`), one prompt per group."""
+        return None
+
     def per_token_loss(self, micro: MicroBatch) -> LossOutput:
         """By default the clipped surrogate on the micro-batch's advantages."""
         surrogate = self.surrogate(micro, micro.advantages)

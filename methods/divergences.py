@@ -12,7 +12,7 @@ import torch
 
 from rlsd_lab.choices import unknown_choice
 
-SUPPORTS = ("full", "teacher_top1", "student_top1")
+SUPPORTS = ("full", "teacher_top1", "student_top1", "topk")
 
 
 def kl(p_logprobs: torch.Tensor, q_logprobs: torch.Tensor) -> torch.Tensor:
@@ -48,11 +48,26 @@ def student_top1_cross_entropy(student: torch.Tensor, teacher: torch.Tensor) -> 
     return -weight * student_top
 
 
+def top_k_with_tail(student: torch.Tensor, teacher: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both distributions on the student's top-k tokens plus one tail bucket holding the rest of the mass
+    (SDPO's cheap approximation of the full vocabulary): [..., k + 1] log-probs each."""
+    top = student.topk(min(k, student.shape[-1]), dim=-1).indices
+    pieces = []
+    for logprobs in (student, teacher):
+        head = logprobs.gather(-1, top)
+        tail = torch.log1p(-head.exp().sum(dim=-1, keepdim=True).clamp(max=1 - 1e-6))
+        pieces.append(torch.cat([head, tail], dim=-1))
+    return pieces[0], pieces[1]
+
+
 def token_divergence(student: torch.Tensor, teacher: torch.Tensor, support: str, beta: float,
-                     clip: float | None) -> torch.Tensor:
-    """The OPSD per-token loss for a leakage-bandwidth `support`, optionally clipped per token."""
+                     clip: float | None, top_k: int = 20) -> torch.Tensor:
+    """The per-token distillation loss for a `support`, optionally clipped per token: `full` JSD_beta, the
+    leakage-bandwidth variants (OPSD), or JSD_beta on the student's `top_k` tokens plus a tail bucket (SDPO)."""
     if support == "full":
         loss = generalized_jsd(student, teacher, beta)
+    elif support == "topk":
+        loss = generalized_jsd(*top_k_with_tail(student, teacher, top_k), beta)
     elif support == "teacher_top1":
         loss = teacher_top1_cross_entropy(student, teacher)
     elif support == "student_top1":

@@ -36,7 +36,9 @@ class DistillationConfig:
     """The distillation term (also the OPSD part of the hybrid)."""
 
     form: str = choice("divergence", FORMS)
-    support: str = choice("full", SUPPORTS, "full: JSD_beta; teacher_top1 / student_top1: leakage-bandwidth variants")
+    support: str = choice("full", SUPPORTS, "full: JSD_beta; teacher_top1 / student_top1: leakage-bandwidth variants; "
+                                            "topk: JSD_beta on the student's top_k tokens plus a tail bucket")
+    top_k: int = bounded(20, 1, help="support=topk: tokens kept before the tail bucket")
     beta: float = bounded(0.5, 0.0, 1.0, help="JSD_beta: 0 = forward KL(T||S), 1 = reverse KL(S||T)")
     divergence_clip: Optional[float] = bounded(None, 0.0, low_open=True, help="per-token cap; null: off")
 
@@ -52,7 +54,8 @@ class OPSD(Objective):
         super().__init__(cfg, loss_cfg)
         divergence = None
         if cfg.form == "divergence":
-            divergence = partial(token_divergence, support=cfg.support, beta=cfg.beta, clip=cfg.divergence_clip)
+            divergence = partial(token_divergence, support=cfg.support, beta=cfg.beta, clip=cfg.divergence_clip,
+                                 top_k=cfg.top_k)
         self.needs = Needs(teacher=teacher_config(cfg), divergence=divergence)
 
     def token_advantages(self, experience):

@@ -347,15 +347,21 @@ class RLModule(L.LightningModule):
         groups = teacher_groups("all" if diagnose else needs.teacher_groups, experience.sequence_advantages_B,
                                 group_size).cpu()
         rows = groups.repeat_interleave(group_size).to(rollout.response_ids.device)
+        per_row = self.objective.teacher_references(experience)
+        if per_row is None:  # one prompt per scored group, its KV cache shared by the group's responses
+            prompts = [self.prompts.ids(p, reference_text(p, self.teacher_reference))
+                       for p, keep in zip(experience.problems, groups.tolist()) if keep]
+            shared_by = group_size
+        else:  # the objective's own block for every row
+            rows = torch.ones_like(rows)
+            prompts, shared_by = [self.prompts.ids(p, ref) for p, ref in zip(experience.row_problems, per_row)], 1
         student = experience.student_logprobs_B_T
         teacher_logprobs, states = student.clone(), None
         teacher = self.teacher.weights(self.model, experience.step)  # always called: a periodic copy re-syncs
         with gathered(teacher):  # fsdp: entered by every rank, also one without a group to score
-            if bool(groups.any()):
-                prompts = [self.prompts.ids(p, reference_text(p, self.teacher_reference))
-                           for p, keep in zip(experience.problems, groups.tolist()) if keep]
+            if prompts:
                 selected, states = self.teacher.run(
-                    teacher, teacher_prompts=prompts, response_ids=rollout.response_ids[rows], group_size=group_size,
+                    teacher, teacher_prompts=prompts, response_ids=rollout.response_ids[rows], group_size=shared_by,
                     pad_id=self.tokenizer.pad_token_id, scorer=self.scorer,
                     keep_hidden=needs.divergence is not None or diagnose)
                 teacher_logprobs[rows] = selected

@@ -29,9 +29,10 @@ def experience(rewards, *, rollout: RolloutBatch | None = None, response_mask: t
         rollout = rollout_with_mask(mask)
     if delta is not None:
         delta = delta * rollout.response_mask
-    return Experience(step=step, group_size=group_size, problems=[], rollout=rollout, texts=[], verdicts=[],
-                      rewards_B=rewards, sequence_advantages_B=group_advantages(rewards, group_size, scale_by_std),
-                      delta_B_T=delta, **fields)
+    fields = {"problems": [], "texts": [], "verdicts": [], **fields}
+    return Experience(step=step, group_size=group_size, rollout=rollout, rewards_B=rewards,
+                      sequence_advantages_B=group_advantages(rewards, group_size, scale_by_std), delta_B_T=delta,
+                      **fields)
 
 
 def with_advantages(objective, built: Experience) -> Experience:
