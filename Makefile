@@ -8,7 +8,8 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
 .PHONY: setup setup-vllm base-policy demo test bench paper methods-grpo-rlsd methods-hybrid-opsd ablation ablation-linear \
-	ablation-constant leakage leakage-fixed leakage-live leakage-figures figures clean
+	ablation-constant leakage leakage-fixed leakage-live leakage-figures zoo \
+	zoo-grpo-family zoo-teachers zoo-figures figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -109,6 +110,27 @@ leakage-figures:
 	$(PY) -m analysis.table $(LEAKAGE_ARMS) --out $(LEAKAGE_DIR)/figures/variants
 	$(PY) -m analysis.stability $(LEAKAGE_DIR)/shortcut_share $(LEAKAGE_CONTROL) --out $(LEAKAGE_DIR)/figures/shortcut_share
 	$(PY) -m analysis.table $(LEAKAGE_DIR)/shortcut_share $(LEAKAGE_CONTROL) --out $(LEAKAGE_DIR)/figures/shortcut_share
+
+# Every objective (conf/experiment/zoo.yaml: 9 arms x 3 seeds x 40 steps) as two sweeps side by side, after the
+# embedded OPD teacher is built (or found cached); then figures, the OPD-vs-OPSD teacher-student KL, and token credit.
+ZOO_DIR ?= multirun/zoo
+ZOO = $(SWEEP) experiment=zoo
+ZOO_ARMS = grpo,dapo,gspo,cispo,rlsd,opsd,hybrid,sdpo,opd
+zoo: base-policy
+	$(PY) -m rlsd_lab.bootstrap model=tiny_teacher
+	rm -rf $(ZOO_DIR)
+	$(call timed,$(ZOO_DIR),$(SIDE_BY_SIDE) zoo-grpo-family zoo-teachers && $(MAKE) zoo-figures)
+zoo-grpo-family:
+	$(ZOO) arm=grpo,dapo,gspo,cispo,rlsd hydra.sweep.dir=$(ZOO_DIR)/grpo_family
+zoo-teachers:
+	$(ZOO) arm=opsd,hybrid,sdpo,opd hydra.sweep.dir=$(ZOO_DIR)/teachers
+zoo-figures:
+	$(PY) -m analysis.stability $(ZOO_DIR) --out $(ZOO_DIR)/figures
+	$(PY) -m analysis.table $(ZOO_DIR) --out $(ZOO_DIR)/figures
+	$(PY) -m analysis.credit_quality $(ZOO_DIR) --out $(ZOO_DIR)/figures
+	$(PY) -m analysis.stability $(wildcard $(ZOO_DIR)/teachers/*arm=opd_* $(ZOO_DIR)/teachers/*arm=opsd_*) \
+		--out $(ZOO_DIR)/figures/opd_vs_opsd
+	$(PY) -m analysis.token_credit $(ZOO_DIR)/grpo_family --arms $(ZOO_ARMS) --out $(ZOO_DIR)/figures
 
 # Figures and table from any set of runs: make figures RUNS="runs/a runs/b" FIGURES=figures
 RUNS ?= $(PAPER_DIR)

@@ -51,15 +51,18 @@ def run_labels(run_dir: Path) -> dict:
     method = (config.get("method") or {}).get("name", run_dir.name)
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-    arm = tuple(o for o in overrides or [] if not o.startswith(NOT_VARIANT) and not o.startswith("method="))
-    return {"run": str(run_dir), "method": method, "seed": config.get("seed", 0), "overrides": arm}
+    variant = tuple(o for o in overrides or [] if not o.startswith(NOT_VARIANT) and not o.startswith("method="))
+    # conf/arm/<name>.yaml names a method with its options: the arm's name stands for both
+    arm = next((o.removeprefix("arm=") for o in variant if o.startswith("arm=")), None)
+    return {"run": str(run_dir), "method": method, "seed": config.get("seed", 0),
+            "overrides": tuple(o for o in variant if not o.startswith("arm=")), "name": arm or method}
 
 
 def variant_labels(labels: list[dict]) -> list[str]:
-    """`variant` = method + the overrides that are not shared by every run loaded together, so a sweep's
-    common settings (e.g. `++method.beta_h=0.1` given to all methods) do not clutter every label."""
+    """`variant` = method (or arm) + the overrides that are not shared by every run loaded together, so a
+    sweep's common settings (e.g. `++method.beta_h=0.1` given to all methods) do not clutter every label."""
     shared = set.intersection(*(set(label["overrides"]) for label in labels)) if labels else set()
-    return [" ".join([label["method"], *(o for o in label["overrides"] if o not in shared)]) for label in labels]
+    return [" ".join([label["name"], *(o for o in label["overrides"] if o not in shared)]) for label in labels]
 
 
 def load_runs(paths: list[Path | str]) -> pd.DataFrame:

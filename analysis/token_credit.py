@@ -134,27 +134,31 @@ def run_overrides(run: Path | None) -> list[str]:
     if path is None or not path.exists():
         return []
     return [o for o in yaml.safe_load(path.read_text())
-            if not o.lstrip("+~").startswith(("method", "model.path", "hydra."))]
+            if not o.lstrip("+~").startswith(("method", "arm=", "model.path", "hydra."))]
 
 
-def method_config(overrides: list[str], method: str, policy: Path, beta_h: float, seed: int):
-    extra = [f"++method.beta_h={beta_h}"] if method == "hybrid" else []
-    return compose_config([*overrides, f"method={method}", *extra, f"model.path={policy}", f"seed={seed}"])
+def method_config(overrides: list[str], method: str, policy: Path, beta_h: float, seed: int, key: str = "method"):
+    """`key=method`: a method (conf/method) or an arm (conf/arm: a method with its options)."""
+    extra = [f"++method.beta_h={beta_h}"] if key == "method" and method == "hybrid" else []
+    # the path quoted: a sweep's run directory may hold '=' (`3_arm=opd_seed1`)
+    return compose_config([*overrides, f"{key}={method}", *extra, f"model.path='{policy}'", f"seed={seed}"])
 
 
 class CreditProbe:
-    """One RLModule per method around the same policy, for one group of responses at a time."""
+    """One RLModule per method (or arm) around the same policy, for one group of responses at a time."""
 
-    def __init__(self, overrides: list[str], policy: Path, beta_h: float, seed: int, out: Path):
+    def __init__(self, overrides: list[str], policy: Path, beta_h: float, seed: int, out: Path,
+                 methods: tuple[str, ...] = METHODS, key: str = "method"):
         self.overrides, self.policy, self.beta_h, self.seed, self.out = overrides, policy, beta_h, seed, out
+        self.methods, self.key = methods, key
         self.model, self.tokenizer = load_policy(policy)
-        self.cfg = method_config(overrides, "grpo", policy, beta_h, seed)
+        self.cfg = method_config(overrides, methods[0], policy, beta_h, seed, key)
         self.task = build_task(self.cfg.task)
         self.verifier = VerifierPool(self.task.verifier, workers=0)
 
     def experience(self, method: str, problem):
         """(module, experience): a fresh module samples what any other fresh one samples (the same seed)."""
-        cfg = method_config(self.overrides, method, self.policy, self.beta_h, self.seed)
+        cfg = method_config(self.overrides, method, self.policy, self.beta_h, self.seed, self.key)
         module = RLModule(cfg, self.model, self.tokenizer, build_objective(cfg.method, cfg.loss), self.verifier,
                           [], [], self.out)
         return module, module.make_experience([problem], step=0)
@@ -162,11 +166,11 @@ class CreditProbe:
     def credits(self, problem) -> tuple:
         """(the GRPO experience, {method: [B, T] credit}) on one group of responses to `problem`."""
         credits, first = {}, None
-        for method in METHODS:
+        for method in self.methods:
             module, experience = self.experience(method, problem)
             first = first or experience
             if not torch.equal(experience.rollout.response_ids, first.rollout.response_ids):
-                raise RuntimeError(f"{method} sampled other responses than {METHODS[0]}: not comparable")
+                raise RuntimeError(f"{method} sampled other responses than {self.methods[0]}: not comparable")
             rollout = experience.rollout
             with torch.no_grad():
                 student = response_states(self.model, rollout.input_ids, rollout.attention_mask,
@@ -186,16 +190,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--problem", type=int, default=0, help="index into the validation problems")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tries", type=int, default=20, help="problems to try for a group with A != 0")
+    parser.add_argument("--arms", help="comma-separated conf/arm names to compare instead of the four methods")
     args = parser.parse_args(argv)
     if args.policy is None and args.run is None:
         parser.error("give a run directory or --policy")
     policy = args.policy or final_policy_under(args.run)
+    names = tuple(args.arms.split(",")) if args.arms else METHODS
     probe = CreditProbe(run_overrides(None if args.policy else policy.parent), policy, args.beta_h, args.seed,
-                        args.out)
+                        args.out, names, "arm" if args.arms else "method")
     tokenizer, task = probe.tokenizer, probe.task
     # From --problem on, the first problem whose sampled group holds a correct and a wrong response (so A != 0).
     for problem in task.problems("val", args.problem + args.tries, seed=0)[args.problem:]:
-        rewards = probe.experience("grpo", problem)[1].rewards_B
+        rewards = probe.experience(names[0], problem)[1].rewards_B
         if bool((rewards == 1.0).any() and (rewards < 1.0).any()):
             break
     experience, credits = probe.credits(problem)
