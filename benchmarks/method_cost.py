@@ -1,4 +1,7 @@
-"""Step time and peak memory of each method relative to GRPO, side by side in one run. Writes JSON.
+"""Step time and peak memory of every objective relative to GRPO, side by side in one run. Writes JSON.
+
+The objectives are the arms of conf/arm/ (a method with its loss and data options: GSPO, CISPO, DAPO, OPD, ...),
+so a new arm is measured without editing this file.
 
 Each (method, round) trains `--steps` RL steps in a fresh subprocess (so allocator state and the peak-memory
 high-water mark start clean), rounds alternate the methods, and the medians over rounds are compared.
@@ -23,8 +26,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"grpo": ["method=grpo"], "rlsd": ["method=rlsd"], "opsd": ["method=opsd"],
-           "hybrid": ["method=hybrid", "method.beta_h=0.1"]}
+ARMS = sorted((p.stem for p in (ROOT / "conf" / "arm").glob("*.yaml")), key=lambda name: (name != "grpo", name))
+METHODS = {name: [f"arm={name}"] for name in ARMS}
 PHASES = ("time/rollout", "time/verify", "time/teacher", "time/update", "time/old_logprobs", "time/reference")
 
 

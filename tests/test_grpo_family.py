@@ -156,14 +156,23 @@ def test_concatenated_rollouts_score_like_their_parts(tiny_model, tokenizer):
         assert torch.allclose(scored[2 * i:2 * i + 2, :width], alone, atol=1e-5)
 
 
-def test_truncated_rows_leave_the_loss_and_its_denominator(tiny_model):
+def test_rows_left_out_of_the_loss_give_the_gradient_of_the_batch_without_them(tiny_model, tokenizer):
     from tests.helpers.experience import experience, with_advantages
+    from tests.test_update import gradient_after, make_rollout
 
+    rollout = make_rollout(tiny_model, tokenizer, prompts=2, group=4)
     grpo = objective("grpo")
-    mask = torch.ones(4, 3)
-    built = with_advantages(grpo, experience([1.0, 0.0, 1.0, 0.0], response_mask=mask))
-    masked = replace(built, loss_rows_B=torch.tensor([True, False, True, True]))
-    assert masked.loss_mask_B_T.sum() == 9 and masked.loss_mask_B_T[1].sum() == 0
+    rewards = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    built = with_advantages(grpo, experience(rewards, rollout=rollout, group_size=4))
+    keep = torch.tensor([True, False, True, True, False, True, True, True])
+    masked = replace(built, loss_rows_B=keep)
+    # the same advantages on the kept rows alone: the left-out rows weigh 0 and count in no token-mean denominator
+    alone = replace(built, rollout=rollout.rows(keep), advantages=built.advantages[keep],
+                    rewards_B=built.rewards_B[keep], sequence_advantages_B=built.sequence_advantages_B[keep])
+    _, with_rows_masked = gradient_after(tiny_model, grpo, masked, "token-mean", 3)
+    _, without_rows = gradient_after(tiny_model, grpo, alone, "token-mean", 3)
+    assert with_rows_masked.abs().sum() > 0
+    torch.testing.assert_close(with_rows_masked, without_rows, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("options", [
