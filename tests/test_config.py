@@ -1,6 +1,8 @@
 """Typed configs (rlsd_lab/config.py): a bad value fails at start, before any model is loaded, naming its key,
 its value and what is allowed; several bad values are listed in one message."""
 
+import re
+
 import pytest
 from hydra.errors import ConfigCompositionException
 
@@ -100,9 +102,45 @@ def test_a_value_of_the_wrong_type_fails_while_the_config_is_composed(override, 
 def test_the_shipped_configs_are_valid():
     from rlsd_lab.config import validate_config
 
-    for method in (["method=grpo"], ["method=rlsd"], ["method=opsd"], ["method=hybrid", "method.beta_h=0.1"]):
+    for method in (["method=grpo"], ["method=rlsd"], ["method=opsd"], ["method=hybrid", "method.beta_h=0.1"],
+                   ["method=opd"], ["method=sdpo"]):
         for rollout in (["rollout=hf"], ["rollout=vllm"]):
             validate_config(compose_config([*method, *rollout]))
+
+
+ARM_METHODS = {"grpo": "grpo", "dapo": "grpo", "gspo": "grpo", "cispo": "grpo", "rlsd": "rlsd", "opsd": "opsd",
+               "hybrid": "hybrid", "sdpo": "sdpo", "opd": "opd"}
+
+
+def test_every_arm_of_the_zoo_is_valid_and_sets_what_its_name_says():
+    from pathlib import Path
+
+    from rlsd_lab.config import validate_config
+
+    arms = {p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "arm").glob("*.yaml")}
+    assert arms == set(ARM_METHODS)
+    for arm, method in ARM_METHODS.items():
+        cfg = compose_config(["experiment=zoo", f"arm={arm}"])
+        validate_config(cfg)
+        assert cfg.method.name == method and cfg.trainer.max_steps == 40
+    assert compose_config(["arm=gspo"]).loss.ratio == "sequence"
+    assert compose_config(["arm=cispo"]).loss.surrogate == "cispo"
+    dapo = compose_config(["arm=dapo"])
+    assert dapo.data.dynamic_sampling.enabled and dapo.reward.overlong.enabled
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rollout=vllm", "rollout.sequence_mask=[2.0,3.0]"], "rollout.sequence_mask=[2.0, 3.0]: must be [lo, hi]"),
+    (["reward.overlong.enabled=true", "reward.overlong.buffer=64"], "reward.overlong.buffer=64: must be below"),
+    (["rollout=vllm", "rollout.tis_level=word"], "rollout.tis_level=word: must be one of token, sequence"),
+    (["loss.ratio=tokens"], "loss.ratio=tokens: must be one of token, sequence"),
+    (["data.dynamic_sampling.max_draws=0"], "data.dynamic_sampling.max_draws=0: must be >= 1"),
+])
+def test_grpo_family_values_are_checked_at_start(overrides, message):
+    from rlsd_lab.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(compose_config(overrides))
 
 
 def test_the_base_policy_command_composes_the_typed_config():
