@@ -158,3 +158,25 @@ def test_token_credit_picks_the_first_rlsd_run_of_a_folder(runs_root):
     assert final_policy_under(runs_root / "a") == runs_root / "a" / "final_policy"
     with pytest.raises(FileNotFoundError, match="no run with a final_policy"):
         final_policy_under(runs_root / "b")
+
+
+def test_zoo_runs_are_labelled_by_their_arm(tmp_path):
+    for name, method, arm in (("0_arm=gspo_seed1", "grpo", "gspo"), ("1_arm=cispo_seed1", "grpo", "cispo"),
+                              ("2_arm=opd_seed1", "opd", "opd")):
+        run = make_run(tmp_path, name, method, 1, [0.3, 0.5], overrides=[f"arm={arm}", "experiment=zoo"])
+        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides[1:]))  # arms set no method=
+    runs = load_runs([tmp_path])
+    assert set(runs["variant"]) == {"gspo", "cispo", "opd"}
+    assert set(runs[runs["variant"] == "gspo"]["method"]) == {"grpo"}
+
+
+def test_token_credit_compares_arms_on_one_policy(tmp_path, tiny_model, tokenizer):
+    tiny_model.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    result = subprocess.run([sys.executable, "-m", "analysis.token_credit", "--policy", str(tmp_path / "policy"),
+                             "--out", str(tmp_path / "out"), "--tries", "2", "--arms", "grpo,gspo,cispo,sdpo"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (tmp_path / "out" / "token_credit.html").read_text()
+    assert all(f"<th>{arm}<br>" in page for arm in ("grpo", "gspo", "cispo", "sdpo"))
