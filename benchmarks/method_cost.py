@@ -74,7 +74,8 @@ def worker(method: str, steps: int, tokens: int, model_dir: str) -> dict:
         peak = torch.cuda.max_memory_allocated() if gpu else rss_kib("VmHWM") * 1024
         metrics = pd.read_csv(Path(run_dir) / "metrics.csv").dropna(subset=["time/update"])
     step_seconds = metrics[[c for c in PHASES if c in metrics]].fillna(0).sum(axis=1).tolist()[1:]
-    return {"step_seconds_median": statistics.median(step_seconds), "peak_bytes_over_baseline": peak - baseline["bytes"]}
+    return {"step_seconds_median": statistics.median(step_seconds),
+            "peak_bytes_over_baseline": peak - baseline["bytes"]}
 
 
 def main() -> None:

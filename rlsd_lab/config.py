@@ -102,7 +102,8 @@ class TeacherConfig:
                        "initial weights; ema: an exponential moving average of the policy; external: another model")
     reference: str = choice("answer", TEACHER_REFERENCES, "what the teacher's prompt carries (none: the student's)")
     sync_every: int = bounded(10, 1, help="periodic mode: steps between re-syncs (RLSD paper: 10)")
-    ema_rate: float = bounded(0.05, 0.0, 1.0, low_open=True, help="ema mode: teacher <- (1 - rate) teacher + rate policy")
+    ema_rate: float = bounded(0.05, 0.0, 1.0, low_open=True,
+                              help="ema mode: teacher <- (1 - rate) teacher + rate policy, once per step")
     model: Optional[str] = None  # external mode: a local transformers directory; null: the embedded teacher below
     embedded: Any = None  # external mode: the model config of the embedded teacher (conf/model/tiny_teacher.yaml)
     dtype: str = choice("auto", ("auto", "float32", "bfloat16"), "external weights; auto: bfloat16 on a GPU")

@@ -30,9 +30,9 @@ def vocabulary_problem(student_tokenizer, teacher_tokenizer, student_model, teac
     """Why the teacher's vocabulary cannot be distilled into the student's, or None when it can."""
     sizes = (len(student_tokenizer), len(teacher_tokenizer))
     if sizes[0] != sizes[1] or student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
-        return (f"the external teacher's vocabulary ({sizes[1]} tokens) differs from the student's ({sizes[0]} tokens): "
-                "token-level distillation needs the same tokenizer")
-    rows = (student_model.get_output_embeddings().weight.shape[0], teacher_model.get_output_embeddings().weight.shape[0])
+        return (f"the external teacher's vocabulary ({sizes[1]} tokens) differs from the student's ({sizes[0]} "
+                "tokens): token-level distillation needs the same tokenizer")
+    rows = tuple(model.get_output_embeddings().weight.shape[0] for model in (student_model, teacher_model))
     if rows[0] != rows[1]:
         return (f"the external teacher's output layer has {rows[1]} rows, the student's {rows[0]}: the same tokenizer, "
                 "but padded differently, so the full-vocabulary distributions do not line up")

@@ -325,8 +325,9 @@ class RLModule(L.LightningModule):
             batch = [self.train_problems[i] for i in torch.randint(
                 len(self.train_problems), (len(problems),), generator=self.dynamic_generator).tolist()]
         picked = picker.picked()
-        return ([problem for problem, *_ in picked], concat_rollouts([g[1] for g in picked], self.tokenizer.pad_token_id),
-                [t for g in picked for t in g[2]], [v for g in picked for v in g[3]], picker.metrics())
+        rollout = concat_rollouts([g[1] for g in picked], self.tokenizer.pad_token_id)
+        return ([problem for problem, *_ in picked], rollout, [t for g in picked for t in g[2]],
+                [v for g in picked for v in g[3]], picker.metrics())
 
     def _rollout_and_verify(self, problems: list[Problem], timer: PhaseTimer):
         group_size = self.cfg.rollout.group_size

@@ -63,7 +63,8 @@ def test_a_teacher_with_another_vocabulary_is_refused_naming_both_sizes(tmp_path
     teacher.save_pretrained(teacher_dir)
     teacher_tokenizer.save_pretrained(teacher_dir)
     size = len(tokenizer)
-    with pytest.raises(ValueError, match=rf"vocabulary \({size + 1} tokens\) differs from the student's \({size} tokens\)"):
+    expected = rf"vocabulary \({size + 1} tokens\) differs from the student's \({size} tokens\)"
+    with pytest.raises(ValueError, match=expected):
         run(opd_config(model_dir, teacher_dir), tmp_path / "run")
 
 
