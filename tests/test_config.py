@@ -34,7 +34,7 @@ BAD_VALUES = [  # (overrides, the message's start: key=value: what is allowed)
     (["method=hybrid", "method.beta_h=0.1", "method.mix=product"],
      "method.mix=product: must be one of loss, advantage"),
     (["method=hybrid", "method.beta_h=0.1", "method.opsd.beta=-0.5"], "method.opsd.beta=-0.5: must be in [0, 1]"),
-    (["method.name=ppo"], "method.name=ppo: must be one of grpo, hybrid, opsd, rlsd"),
+    (["method.name=ppo"], "method.name=ppo: must be one of grpo, hybrid, opd, opsd, rlsd, sdpo"),
     (["loss.aggregation=sum"], "loss.aggregation=sum: must be one of token-mean, seq-mean-token-mean, "
                                "seq-mean-token-sum-norm"),
     (["loss.kl_estimator=k4"], "loss.kl_estimator=k4: must be one of k1, k2, k3"),

@@ -76,5 +76,5 @@ def test_kl_estimators_by_hand():
 
 
 def test_unknown_method_lists_choices():
-    with pytest.raises(ConfigError, match="method.name=ppo: must be one of grpo, hybrid, opsd, rlsd"):
+    with pytest.raises(ConfigError, match="method.name=ppo: must be one of grpo, hybrid, opd, opsd, rlsd, sdpo"):
         build_objective(OmegaConf.create({"name": "ppo"}), OmegaConf.create({}))

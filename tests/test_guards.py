@@ -94,7 +94,7 @@ def test_data_parallel_ranks_agree_on_skipping(tmp_path):
 
 # ---- configuration checked at start -----------------------------------------------------------------------------
 @pytest.mark.parametrize(("override", "message"), [
-    ("method.name=nope", "method.name=nope: must be one of grpo, hybrid, opsd, rlsd"),
+    ("method.name=nope", "method.name=nope: must be one of grpo, hybrid, opd, opsd, rlsd, sdpo"),
     ("task.name=nope", "unknown task 'nope'; valid choices: arith, file"),
     ("+task.verifier=nope", "unknown verifier 'nope'; valid choices: arith, code, json, math, sql, a dotted path"),
     ("rollout.name=nope", "rollout.name=nope: must be one of hf, vllm"),

@@ -22,6 +22,8 @@ from rlsd_lab.module import RLModule
 from rlsd_lab.tasks import build_task
 from rlsd_lab.update import accumulate_policy_gradients
 from rlsd_lab.verifiers.pool import VerifierPool
+from rlsd_lab.models import build_tiny_qwen2
+from tests.conftest import TINY_ARCHITECTURE
 from tests.helpers.configs import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +33,7 @@ SMALL = ["data.prompts_per_step=3", "rollout.group_size=4", "rollout.max_new_tok
          "task.train_size=8"]
 VARIED = "tests.helpers.rewards:char_parity"  # about half right
 ALL_RIGHT = "tests.helpers.rewards:misbehaving"  # a proper Verdict(1.0) for an ordinary response
+ALL_WRONG = "tests.helpers.rewards:all_wrong"
 
 
 def selecting(name: str) -> list[str]:
@@ -93,13 +96,26 @@ def check_credit_is_finite_and_zero_on_padding(model, tokenizer, tmp_path, overr
     assert torch.all(credit[mask == 0] == 0) and credit.abs().sum() > 0
 
 
+def saved_teacher(model, tokenizer, path: Path) -> str:
+    """`model` as OPD's external teacher (the embedded one is a 3.3M-parameter build the tests do without)."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return f"method.teacher.model={path}"
+
+
 def check_no_signal_without_information(model, tokenizer, tmp_path, overrides):
     """Every response right and an empty reference (the teacher's prompt is the student's): nothing to learn, so
-    no credit and no gradient, up to the float noise of the teacher's KV-cache pass."""
+    no credit and no gradient, up to the float noise of the teacher's KV-cache pass. Two teachers are informed
+    otherwise, so their uninformed case is another: OPD's external teacher is then the student itself, SDPO's
+    demonstrations need a success, so there every response is wrong."""
     problems = [dataclasses.replace(p, answer="", solution="")
                 for p in build_task(compose_config([]).task).problems("train", 3, seed=0)]
-    module, experience = pipeline(model, tokenizer, tmp_path, overrides, verifier=ALL_RIGHT, problems=problems)
-    assert bool((experience.rewards_B == 1.0).all()) and experience.delta_B_T.abs().max() < 1e-5
+    verifier = ALL_WRONG if "method=sdpo" in overrides else ALL_RIGHT
+    if "method=opd" in overrides:
+        overrides = [*overrides, saved_teacher(model, tokenizer, tmp_path / "student_as_teacher")]
+    module, experience = pipeline(model, tokenizer, tmp_path, overrides, verifier=verifier, problems=problems)
+    assert bool((experience.rewards_B == (0.0 if verifier == ALL_WRONG else 1.0)).all())
+    assert experience.delta_B_T.abs().max() < 1e-5 or verifier == ALL_WRONG
     assert credit_of(model, module, experience).abs().max() < 1e-4
     assert gradient(model, module, experience, micro_batch_size=12)[1].abs().max() < 1e-4
 
@@ -111,7 +127,12 @@ SHARED_CHECKS = [check_micro_batch_invariance, check_no_graph_in_the_experience,
 @pytest.mark.parametrize("check", SHARED_CHECKS, ids=lambda check: check.__name__)
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shared_invariants(tiny_model, tokenizer, tmp_path, name, check):
-    check(tiny_model, tokenizer, tmp_path, selecting(name))
+    overrides = selecting(name)
+    if name == "opd":  # a teacher that differs from the student: another random tiny model
+        torch.manual_seed(1)
+        teacher = build_tiny_qwen2(tokenizer, TINY_ARCHITECTURE)
+        overrides += [saved_teacher(teacher, tokenizer, tmp_path / "teacher"), "method.teacher.require_stronger=false"]
+    check(tiny_model, tokenizer, tmp_path, overrides)
 
 
 def test_every_registered_objective_of_the_package_has_a_yaml():

@@ -43,3 +43,7 @@ def flaky_arith(response, problem):
 def char_parity(response, problem):
     """Right for about half of a random model's responses, so that groups have advantages (arith gives all 0)."""
     return sum(map(ord, response)) % 2 == 0
+
+
+def all_wrong(response, problem):
+    return Verdict(0.0, "wrong answer")
