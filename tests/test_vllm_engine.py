@@ -215,3 +215,19 @@ def test_short_training_run_with_vllm_rollouts(tmp_path, monkeypatch):
     torch.testing.assert_close(batch.logprobs, trainer_logprobs(module.model, batch), atol=1e-4, rtol=0)
     base, _ = load_policy(policy_path(cfg))
     assert (batch.logprobs - trainer_logprobs(base, batch)).abs().max() > 1e-3
+
+
+@requires_vllm
+def test_sequence_level_mismatch_corrections_run_with_vllm_rollouts(tmp_path):
+    """Sequence TIS (geometric mean) and sequence masking on real engine log-probs: logged, and with the engine
+    in float32 (ratios ~1) no response is masked."""
+    import pandas as pd
+
+    cfg = compose_config(["rollout=vllm", "rollout.engine.kv_cache_gib=0.25", "trainer.max_steps=2",
+                          "train.val_every=2", "data.prompts_per_step=4", "rollout.group_size=4", "task.val_size=8",
+                          "task.train_size=64", "trainer.progress_bar=false", "rollout.tis_cap=2.0",
+                          "rollout.tis_level=geometric", "rollout.sequence_mask=[0.5,2.0]"])
+    run(cfg, tmp_path / "run")
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv").dropna(subset=["train/loss"])
+    assert metrics["mismatch/sequence_masked_share"].tolist() == [0.0, 0.0]
+    assert metrics["mismatch/sequence_ratio_std"].between(0, 1e-2).all()
