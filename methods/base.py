@@ -5,7 +5,9 @@ full-vocabulary divergence, which groups the teacher must score) and implements 
 
 - `token_advantages(experience)`: [B, T] per-token advantages (or, for a combination, one per part) from the
   step's Experience (rlsd_lab/experience.py), plus metrics about them;
-- `per_token_loss(micro)`: the [b, T] loss of one micro-batch, plus [b, T] diagnostics.
+- `per_token_loss(micro)`: the [b, T] loss of one micro-batch, plus [b, T] diagnostics;
+- optionally `teacher_references(experience)`: a reference block per row, for a teacher whose prompt depends on
+  the rollout (SDPO shows it a successful response of the group).
 
 The trainer does the rest (rollout, verification, the teacher pass, aggregation over micro-batches, the KL and
 entropy regularisers, the optimiser). The credit a method gives each token (rlsd_lab/credit.py) is read off the
