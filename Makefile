@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup setup-vllm base-policy demo test bench paper methods-grpo-rlsd methods-hybrid-opsd ablation ablation-linear \
 	ablation-constant leakage leakage-fixed leakage-live leakage-figures zoo \
-	zoo-grpo-family zoo-teachers zoo-figures figures clean
+	zoo-grpo-family zoo-teachers zoo-figures sweep-report figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -131,6 +131,10 @@ zoo-figures:
 	$(PY) -m analysis.stability $(wildcard $(ZOO_DIR)/teachers/*arm=opd_* $(ZOO_DIR)/teachers/*arm=opsd_*) \
 		--out $(ZOO_DIR)/figures/opd_vs_opsd
 	$(PY) -m analysis.token_credit $(ZOO_DIR)/grpo_family --arms $(ZOO_ARMS) --out $(ZOO_DIR)/figures
+
+# One report of a sweep directory (analysis/sweep.py): make sweep-report SWEEP_DIR=multirun/zoo [WATCH=30]
+sweep-report: setup
+	$(PY) -m analysis.sweep $(SWEEP_DIR) $(if $(WATCH),--watch $(WATCH))
 
 # Figures and table from any set of runs: make figures RUNS="runs/a runs/b" FIGURES=figures
 RUNS ?= $(PAPER_DIR)
