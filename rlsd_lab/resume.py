@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import random
@@ -116,6 +117,16 @@ def find_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
         log.info("resume=auto: no checkpoint in %s/checkpoints, starting a fresh run", run_dir)
         return None
     return max(steps, key=steps.get)
+
+
+def finished_summary(resume: str | None, run_dir: Path, max_steps: int) -> dict | None:
+    """With `resume=auto`, the summary of a run in `run_dir` that already trained all `max_steps` steps: a
+    relaunched sweep skips it (a run asked for more steps than it has resumes from its checkpoint instead)."""
+    path = run_dir / "summary.json"
+    if resume != "auto" or not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("final_step") == max_steps else None
 
 
 # ---- metrics.csv -----------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from rlsd_lab.config import validate_config
 from rlsd_lab.distributed import build_strategy, check_launch
 from rlsd_lab.models import has_adapter, load_model
 from rlsd_lab.module import RLModule, check_batch_config, optimizer_steps_per_rollout
-from rlsd_lab.resume import EpochBatchSampler, MetricsCSV, checkpoint_step, find_checkpoint
+from rlsd_lab.resume import EpochBatchSampler, MetricsCSV, checkpoint_step, find_checkpoint, finished_summary
 from rlsd_lab.sharding import full_state_dict, is_sharded
 from rlsd_lab.tasks import build_task
 from rlsd_lab.verifiers.pool import VerifierPool
@@ -105,6 +105,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     `resume` (null | auto | a .ckpt path) continues a run from a checkpoint: rlsd_lab/resume.py.
     """
     validate_config(cfg)  # every bad value at once, before anything is built
+    finished = finished_summary(cfg.resume, run_dir, cfg.trainer.max_steps)
+    if finished is not None:  # a relaunched sweep: this job is done
+        log.info("resume=auto: %s finished all %d steps already (summary.json): skipped", run_dir,
+                 cfg.trainer.max_steps)
+        return finished
     checkpoint = find_checkpoint(cfg.resume, run_dir)
     resume_step = checkpoint_step(checkpoint) if checkpoint else None
     trainer = build_trainer(cfg, run_dir, resume_step)  # early: it knows this process's data-parallel rank

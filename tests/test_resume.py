@@ -101,6 +101,26 @@ def test_a_finished_run_continues_to_more_steps_in_process(tmp_path, model_dir):
         "epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt", "last.ckpt"]
 
 
+def test_a_relaunched_finished_run_is_skipped(tmp_path, model_dir, monkeypatch):
+    """A sweep launched again into its directory with resume=auto: a job that trained all its steps is not
+    trained again (its summary is returned, its files untouched); asked for more steps, it would resume."""
+    import lightning
+
+    cfg = compose_config([*FAST, f"model.path={model_dir}", "trainer.max_steps=2", "resume=auto"])
+    summary = run(cfg, tmp_path / "run")
+    metrics = (tmp_path / "run" / "metrics.csv").read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(lightning.Trainer, "fit", no_training)
+    assert run(cfg, tmp_path / "run") == summary
+    assert (tmp_path / "run" / "metrics.csv").read_text() == metrics
+    with pytest.raises(AssertionError, match="trained again"):  # more steps asked for: it resumes (and trains)
+        run(compose_config([*FAST, f"model.path={model_dir}", "trainer.max_steps=3", "resume=auto"]),
+            tmp_path / "run")
+
+
 def test_the_same_seed_and_config_give_identical_metrics(tmp_path, model_dir):
     overrides = [*RESUME, f"model.path={model_dir}", "trainer.max_steps=3", "method=rlsd", "train.mini_batches=2",
                  "loss.kl_coef=0.01", "diagnostics.every=2"]
@@ -162,3 +182,29 @@ def test_the_sampler_draws_the_order_of_the_shuffling_loader_it_replaced():
     for _ in range(3):
         batches = iter(loader)
         assert [next(batches).tolist() for _ in range(len(loader))] == list(sampler)
+
+
+def test_a_killed_sweep_relaunched_skips_finished_runs_and_resumes_the_cut_one(tmp_path, model_dir):
+    """4 runs in one Hydra sweep, killed while the second is half done (after its step-2 checkpoint), then launched
+    again with the same command into the same sweep directory: the first is skipped, the second resumes, the rest
+    run, and every run's metrics equal those of an uninterrupted sweep."""
+    overrides = [*RESUME, f"model.path={model_dir}", "resume=auto"]
+
+    def sweep(directory: Path) -> list[str]:
+        return [sys.executable, "-m", "rlsd_lab.train", "-m", *overrides, "seed=1,2,3,4",
+                f"hydra.sweep.dir={directory}"]
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    reference = subprocess.run(sweep(tmp_path / "reference"), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                               env=env)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    second = tmp_path / "sweep" / "1_grpo_seed2"
+    kill_after_checkpoint(sweep(tmp_path / "sweep"), second, "epoch=0-step=2.ckpt", 2, tmp_path / "killed.log")
+    assert (tmp_path / "sweep" / "0_grpo_seed1" / "summary.json").exists() and not (second / "summary.json").exists()
+    relaunched = subprocess.run(sweep(tmp_path / "sweep"), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                                env=env)
+    assert relaunched.returncode == 0, relaunched.stderr[-3000:]
+    assert "finished all 6 steps already" in (tmp_path / "sweep" / "0_grpo_seed1" / "train.log").read_text()
+    assert "(step 2)" in (second / "train.log").read_text()
+    for name in ("0_grpo_seed1", "1_grpo_seed2", "2_grpo_seed3", "3_grpo_seed4"):
+        assert_same_metrics(tmp_path / "sweep" / name, tmp_path / "reference" / name, steps=6)
