@@ -1,8 +1,9 @@
 """Loading run directories into one tidy DataFrame: one row per (run, step, metric).
 
 A run directory holds `metrics.csv` (or, for wandb runs copied without it, `wandb/*/run-*.wandb`) and
-`config_resolved.yaml` (rlsd_lab/train.py); anything like that below the given paths counts, so a Hydra multirun directory can be passed whole. Runs that stopped
-early, runs with different metric sets and single-seed methods all load; missing values are simply absent rows.
+`config_resolved.yaml` (rlsd_lab/train.py); anything like that below the given paths counts, so a Hydra multirun
+directory can be passed whole. Runs that stopped early, runs with different metric sets and single-seed methods
+all load; missing values are simply absent rows.
 """
 
 from __future__ import annotations
