@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import html
 import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -52,7 +53,6 @@ class Job:
     final: float = math.nan
     best: float = math.nan
     last_line: str = ""
-    seed: str = field(default="")
 
 
 def parse_overrides(path: Path) -> dict[str, str]:
@@ -74,7 +74,7 @@ def read_job(job_dir: Path, stale_seconds: float, now: float) -> Job:
     else:
         newest = max((p.stat().st_mtime for p in job_dir.rglob("*") if p.is_file()), default=0.0)
         status = "failed" if any(m in last for m in ERROR_MARKERS) or now - newest > stale_seconds else "running"
-    job = Job(job_dir, overrides, status, last_line=last, seed=overrides.get("seed", ""))
+    job = Job(job_dir, overrides, status, last_line=last)
     if (job_dir / "metrics.csv").exists():
         curve = validation_curve(job_dir / "metrics.csv")
         if len(curve):
@@ -185,11 +185,7 @@ def html_report(markdown: str, figures: list[Path]) -> str:
     images = "".join(f'<p><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
                      f'style="max-width:100%"></p>' for p in figures)
     return (f"<!doctype html><meta charset=utf-8><title>sweep report</title>"
-            f"<pre style='font-family:monospace'>{_escape(markdown)}</pre>{images}")
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            f"<pre style='font-family:monospace'>{html.escape(markdown, quote=False)}</pre>{images}")
 
 
 def write_report(sweep_dir: Path, out_dir: Path, stale_seconds: float = 600.0) -> tuple[str, list[Job]]:

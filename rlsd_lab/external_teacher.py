@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from rlsd_lab.bootstrap import embedded_task, ensure_base_policy
-from rlsd_lab.models import load_policy
+from rlsd_lab.models import load_policy, weights_dtype
 
 
 def external_teacher_path(teacher_cfg, task_cfg) -> Path:
@@ -41,8 +39,7 @@ def vocabulary_problem(student_tokenizer, teacher_tokenizer, student_model, teac
 
 def load_external_teacher(teacher_cfg, task_cfg, student_model, student_tokenizer, accelerator: str):
     """The frozen teacher model (eval mode, no gradients), after the vocabulary check."""
-    dtype = torch.bfloat16 if teacher_cfg.dtype == "bfloat16" or (
-        teacher_cfg.dtype == "auto" and accelerator != "cpu" and torch.cuda.is_available()) else torch.float32
+    dtype = weights_dtype(teacher_cfg.dtype, accelerator, frozen=True, key="method.teacher.dtype")
     path = external_teacher_path(teacher_cfg, task_cfg)
     model, tokenizer = load_policy(path, dtype)
     problem = vocabulary_problem(student_tokenizer, tokenizer, student_model, model)

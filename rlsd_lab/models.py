@@ -70,15 +70,16 @@ def load_policy(path: str | Path, dtype: torch.dtype = torch.float32,
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def weights_dtype(name: str, accelerator: str, lora: bool) -> torch.dtype:
-    """`auto` is bfloat16 only for a frozen LoRA base on a GPU. Trained weights stay float32 (bf16 compute comes from
+def weights_dtype(name: str, accelerator: str, frozen: bool, key: str = "model.dtype") -> torch.dtype:
+    """`auto` is bfloat16 only for frozen weights on a GPU (a LoRA base, an external teacher). Trained weights stay
+    float32 (bf16 compute comes from
     `trainer.precision=bf16-mixed`): an AdamW step in bfloat16 rounds away updates below ~0.3% of a weight, which
     is most of them at RL learning rates (1e-6)."""
-    check_choice("model.dtype", name, ["auto", *DTYPES])
+    check_choice(key, name, ["auto", *DTYPES])
     if name != "auto":
         return DTYPES[name]
     on_gpu = accelerator != "cpu" and torch.cuda.is_available()
-    return torch.bfloat16 if on_gpu and lora else torch.float32
+    return torch.bfloat16 if on_gpu and frozen else torch.float32
 
 
 def load_model(model_cfg, path: str | Path, accelerator: str = "cpu") -> tuple[PreTrainedModel, object]:

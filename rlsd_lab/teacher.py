@@ -21,8 +21,10 @@ from rlsd_lab.models import has_adapter, initial_weights
 from rlsd_lab.rollout.hf_engine import left_pad
 from rlsd_lab.rollout.kv_cache import sampling_cache
 
+
 class TeacherPass(torch.nn.Module):
-    """Holds the frozen copy for `periodic`/`fixed` (a submodule, so it moves with the policy and is checkpointed).
+    """Holds the frozen copy for `periodic`/`fixed`/`ema` (a submodule, so it moves with the policy and is
+    checkpointed), or the external model (a submodule too, dropped from checkpoints by the RLModule).
 
     A LoRA policy's `fixed` teacher is a view of the policy (models.AdapterDisabled): nothing to hold or checkpoint.
     """

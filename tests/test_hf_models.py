@@ -129,12 +129,12 @@ def test_auto_dtype_is_bfloat16_only_for_a_frozen_base_on_a_gpu(qwen_dir, monkey
     dtypes = {p.requires_grad: p.dtype for p in model.parameters()}
     assert dtypes == {False: torch.bfloat16, True: torch.float32}  # peft keeps the adapter in float32
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert weights_dtype("auto", "gpu", lora=True) == torch.bfloat16
-    assert weights_dtype("auto", "gpu", lora=False) == torch.float32  # trained weights: float32 master copy
-    assert weights_dtype("auto", "cpu", lora=True) == torch.float32
-    assert weights_dtype("bfloat16", "cpu", lora=False) == torch.bfloat16
+    assert weights_dtype("auto", "gpu", frozen=True) == torch.bfloat16
+    assert weights_dtype("auto", "gpu", frozen=False) == torch.float32  # trained weights: float32 master copy
+    assert weights_dtype("auto", "cpu", frozen=True) == torch.float32
+    assert weights_dtype("bfloat16", "cpu", frozen=False) == torch.bfloat16
     with pytest.raises(ValueError, match="valid choices: auto, float32, bfloat16"):
-        weights_dtype("fp8", "gpu", lora=False)
+        weights_dtype("fp8", "gpu", frozen=False)
 
 
 def test_lora_trains_only_the_adapter(qwen_dir):
