@@ -74,15 +74,17 @@ methods-grpo-rlsd methods-hybrid-opsd: methods-%:
 	$(SWEEP) experiment=$(EXPERIMENT) method=$(subst -,$(comma),$*) hydra.sweep.dir=$(SWEEP_DIR)/$*
 comma := ,
 
-# RLSD's eps_w x lambda schedule, 3 seeds (conf/experiment/rlsd_ablation.yaml), then figures.
+# RLSD's eps_w x lambda schedule, 3 seeds (conf/experiment/rlsd_ablation.yaml): each schedule is one sweep through
+# hydra/launcher=local_parallel (one job per core, one thread each), then figures and one sweep report over both.
 ABLATION_DIR ?= multirun/rlsd_ablation
-ABLATION = $(SWEEP) experiment=rlsd_ablation method=rlsd \
+ABLATION = $(SWEEP) hydra/launcher=local_parallel experiment=rlsd_ablation method=rlsd \
 	hydra.job.config.override_dirname.exclude_keys=[experiment,method,seed,trainer.progress_bar,threads] \
 	hydra.sweep.subdir='$${hydra.job.num}_$${hydra.job.override_dirname}'
 ablation: base-policy
 	rm -rf $(ABLATION_DIR)
-	$(call timed,$(ABLATION_DIR),$(SIDE_BY_SIDE) ablation-linear ablation-constant && \
-		$(MAKE) figures RUNS=$(ABLATION_DIR) FIGURES=$(ABLATION_DIR)/figures)
+	$(call timed,$(ABLATION_DIR),$(MAKE) --no-print-directory ablation-linear ablation-constant && \
+		$(MAKE) figures RUNS=$(ABLATION_DIR) FIGURES=$(ABLATION_DIR)/figures && \
+		$(MAKE) sweep-report SWEEP_DIR=$(ABLATION_DIR))
 ablation-linear:
 	$(ABLATION) method.schedule=linear method.lambda_0=0.5 hydra.sweep.dir=$(ABLATION_DIR)/linear
 ablation-constant:

@@ -2,7 +2,8 @@
 
     python -m analysis.sweep <sweep dir> [--out <dir>] [--watch [SECONDS]]
 
-Reads every job directory below the sweep (one with `.hydra/overrides.yaml`): its overrides, its status
+Reads every job directory below the sweep (one with `.hydra/overrides.yaml`; an Optuna trial's seeds count as
+jobs of their own): its overrides, its status
 (`finished`: summary.json written; `failed`: its log ends in an error, or it stopped without a summary longer than
 `--stale` seconds ago; `running`: otherwise) and its validation curve. The swept knobs are the overrides whose
 values differ between jobs, the seed excepted. It writes into `--out` (default `<sweep dir>/report`):
@@ -86,8 +87,12 @@ def read_job(job_dir: Path, stale_seconds: float, now: float) -> Job:
 
 
 def read_sweep(sweep_dir: Path, stale_seconds: float = 600.0) -> list[Job]:
+    """Every job below `sweep_dir`; a job that holds jobs (`search.seeds`: one run per seed inside the job's
+    directory) is read as those runs."""
     now = time.time()
-    return [read_job(p.parents[1], stale_seconds, now) for p in sorted(sweep_dir.rglob(".hydra/overrides.yaml"))]
+    job_dirs = [p.parents[1] for p in sorted(sweep_dir.rglob(".hydra/overrides.yaml"))]
+    holders = {parent for job_dir in job_dirs for parent in job_dir.parents}
+    return [read_job(job_dir, stale_seconds, now) for job_dir in job_dirs if job_dir not in holders]
 
 
 def swept_knobs(jobs: list[Job]) -> list[str]:

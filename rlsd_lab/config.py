@@ -233,6 +233,16 @@ class RewardConfig:
 
 
 @dataclass
+class SearchConfig:
+    """One job trains several seeds and returns their mean: the objective of an Optuna trial (hydra #1969: a
+    seed sweep does not mix with the optuna sweeper). rlsd_lab/seed_average.py."""
+
+    seeds: Optional[list[int]] = None
+    metric: str = choice("val_accuracy_final", ("val_accuracy_final", "val_accuracy_best"),
+                         help="the summary value a job returns to the sweeper")
+
+
+@dataclass
 class RootConfig:
     """conf/config.yaml. Groups typed by their own yaml's schema (method, rollout) or left free (task, model)."""
 
@@ -252,6 +262,7 @@ class RootConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

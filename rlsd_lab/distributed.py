@@ -22,7 +22,8 @@ Every rank holds a full replica of the policy. What makes N ranks compute the up
   random) partition of the step's rows than one process would draw.
 
 `trainer.strategy=fsdp` does all of the above and also shards the policy over the ranks: rlsd_lab/sharding.py.
-A Hydra multirun of data-parallel runs is refused at start (`check_launch`).
+A Hydra multirun of data-parallel runs works under the submitit launchers (one task per rank) and is refused
+at start under the others (`check_launch`, rlsd_lab/launchers.py).
 """
 
 from __future__ import annotations
@@ -34,10 +35,9 @@ from contextlib import nullcontext
 import lightning as L
 import torch
 import torch.distributed as dist
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 
 from rlsd_lab.choices import check_choice
+from rlsd_lab.launchers import launcher_kind
 from rlsd_lab.sharding import fsdp_strategy
 
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -63,9 +63,13 @@ def check_prompts_per_rank(prompts_per_step: int, world_size: int) -> None:
 def check_launch(cfg, world_size: int) -> None:
     """Combinations that cannot run, refused before any work: a Hydra multirun re-launched per rank would start
     the whole sweep on every rank; vLLM starts its own torch.distributed group and reads whole weights."""
-    if world_size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise ValueError("a data-parallel run (trainer.devices x trainer.num_nodes > 1) cannot be part of a Hydra "
-                         "multirun (-m): Lightning relaunches the command for every rank. Start one run per command.")
+    launcher = launcher_kind()
+    if world_size > 1 and launcher in ("basic", "joblib"):
+        raise ValueError(f"a data-parallel run (trainer.devices x trainer.num_nodes > 1) cannot be a job of a Hydra "
+                         f"multirun (-m) under the {launcher} launcher: Lightning relaunches the command for every "
+                         "rank, which would start the whole sweep again on each (Lightning #11300, hydra #2070). "
+                         "Use hydra/launcher=slurm (or submitit_local), where submitit starts one task per rank "
+                         "(hydra.launcher.tasks_per_node=trainer.devices), or start one run per command.")
     if cfg.rollout.name == "vllm" and (world_size > 1 or cfg.trainer.strategy == "fsdp"):
         raise ValueError("rollout=vllm runs in one process with the whole policy: vLLM starts its own "
                          "torch.distributed group, which would take over Lightning's data-parallel one, and its weight "

@@ -7,6 +7,10 @@ LoRA the merged model, and the adapter alone in `final_adapter/`),
 
 `resume=auto` continues the run in the run directory from its latest checkpoint, exactly (rlsd_lab/resume.py):
 `python -m rlsd_lab.train <the same overrides> hydra.run.dir=<that run directory> resume=auto`.
+
+Sweeps (`-m`) run through any launcher of conf/hydra/launcher (basic, local_parallel, slurm: rlsd_lab/launchers.py),
+print one progress line per finished job (rlsd_lab/sweep_progress.py), and `search.seeds` makes one job train
+several seeds and return their mean (rlsd_lab/seed_average.py; the Optuna searches of conf/hparams_search).
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from rlsd_lab.bootstrap import embedded_task, ensure_base_policy
 from rlsd_lab.choices import check_choice
 from rlsd_lab.config import validate_config
 from rlsd_lab.distributed import build_strategy, check_launch
+from rlsd_lab.launchers import prepare_job
 from rlsd_lab.models import has_adapter, load_model
 from rlsd_lab.module import RLModule, check_batch_config, optimizer_steps_per_rollout
 from rlsd_lab.resume import EpochBatchSampler, MetricsCSV, checkpoint_step, find_checkpoint, finished_summary
+from rlsd_lab.seed_average import train_seeds
 from rlsd_lab.sharding import full_state_dict, is_sharded
 from rlsd_lab.tasks import build_task
 from rlsd_lab.verifiers.pool import VerifierPool
@@ -168,7 +174,16 @@ def summarize(metrics_csv: Path, cfg, seconds: float) -> dict:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    """Trains one run (or, with `search.seeds`, one run per seed) and returns `search.metric` to the sweeper."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    prepare_job(cfg)  # a sweep job's share of the machine: rlsd_lab/launchers.py
+    if cfg.search.seeds:
+        average = train_seeds(cfg, run_dir, run)
+        if average:
+            log.info("done: %s", json.dumps(average))
+            print(f"[rlsd_lab] {average['method']} seeds {average['seeds']}: {cfg.search.metric} "
+                  f"{average[cfg.search.metric]:.3f} (seed std {average['seed_std']:.3f}); job dir {run_dir}")
+        return average.get(cfg.search.metric, float("nan"))
     summary = run(cfg, run_dir)
     if not summary:  # a data-parallel rank other than 0: rank 0 reports
         return float("nan")
@@ -178,7 +193,7 @@ def main(cfg: DictConfig) -> float:
     print(f"[rlsd_lab] {summary['method']} seed={summary['seed']}: validation accuracy "
           f"{summary['val_accuracy_start']:.3f} -> {summary['val_accuracy_final']:.3f} "
           f"(best {summary['val_accuracy_best']:.3f}) in {summary['train_seconds']:.0f} s; run dir {run_dir}")
-    return summary["val_accuracy_final"]
+    return summary[cfg.search.metric]
 
 
 if __name__ == "__main__":
