@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -136,6 +137,9 @@ def prepare_job(cfg: DictConfig) -> dict:
     before anything is built, and returns what it decided (logged, and written to the summary)."""
     kind = launcher_kind()
     if kind == "joblib":
+        # loky names its own start method in its workers; a process this job starts (the verifier pool's
+        # forkserver) inherits that name and cannot resolve it, so the job goes back to the platform's default
+        multiprocessing.set_start_method(None, force=True)
         launcher = HydraConfig.get().launcher
         check_parallel_resources(cfg, launcher)
         n_jobs = concurrent_jobs(launcher)
