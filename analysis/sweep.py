@@ -113,11 +113,28 @@ def group_table(jobs: list[Job], knobs: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def confounded_blocks(jobs: list[Job], knobs: list[str]) -> list[list[int]]:
+    """Knobs that only ever move together (each value of one goes with one value of the other, as a schedule and
+    its lambda_0 set in pairs), as blocks of indices into `knobs`: the sweep cannot tell their effects apart."""
+    blocks: list[list[int]] = []
+    for index, knob in enumerate(knobs):
+        for block in blocks:
+            other = knobs[block[0]]
+            pairs = {(job.overrides.get(knob, "-"), job.overrides.get(other, "-")) for job in jobs}
+            if len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}):
+                block.append(index)
+                break
+        else:
+            blocks.append([index])
+    return blocks
+
+
 def knob_ranking(jobs: list[Job], knobs: list[str]) -> list[tuple[str, float, float]]:
     """(knob, spread, seed spread), largest spread first. A knob's spread: the range (max - min) of the mean final
     accuracy over its values with every other knob held fixed, averaged over the settings of the other knobs
     that have at least two of its values (so an unbalanced sweep does not credit one knob with another's effect).
-    Seed spread: the mean standard deviation over seeds within a group (nan with one seed per group)."""
+    Knobs that only move together are ranked as one (`a + b`). Seed spread: the mean standard deviation over seeds
+    within a group (nan with one seed per group)."""
     done = [job for job in jobs if job.status == "finished" and not math.isnan(job.final)]
     groups: dict[tuple, list[float]] = {}
     for job in done:
@@ -125,12 +142,14 @@ def knob_ranking(jobs: list[Job], knobs: list[str]) -> list[tuple[str, float, fl
     spreads = [statistics.stdev(v) for v in groups.values() if len(v) > 1]
     seed_spread = statistics.mean(spreads) if spreads else math.nan
     ranking = []
-    for index, knob in enumerate(knobs):
+    for block in confounded_blocks(jobs, knobs):
         strata: dict[tuple, list[float]] = {}
         for values, finals in groups.items():
-            strata.setdefault(values[:index] + values[index + 1:], []).append(statistics.mean(finals))
+            rest = tuple(v for i, v in enumerate(values) if i not in block)
+            strata.setdefault(rest, []).append(statistics.mean(finals))
         ranges = [max(means) - min(means) for means in strata.values() if len(means) > 1]
-        ranking.append((knob, statistics.mean(ranges) if ranges else math.nan, seed_spread))
+        name = " + ".join(knobs[i] for i in block)
+        ranking.append((name, statistics.mean(ranges) if ranges else math.nan, seed_spread))
     return sorted(ranking, key=lambda row: -row[1] if not math.isnan(row[1]) else math.inf)
 
 

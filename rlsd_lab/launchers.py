@@ -35,8 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 from rlsd_lab.config import ConfigError
 
 log = logging.getLogger("rlsd_lab")
-VISIBLE_GPUS_ENV = "RLSD_LAB_SWEEP_GPUS"  # the GPUs seen at launch, so a job that narrowed CUDA_VISIBLE_DEVICES
-_claimed_slot: list = []  # this process's GPU slot (its lock file stays open while the process lives)
+VISIBLE_GPUS_ENV = "RLSD_LAB_SWEEP_GPUS"  # the sweep's GPUs as seen at launch (jobs narrow CUDA_VISIBLE_DEVICES)
+_held_gpu: dict = {}  # this process's GPU: {"gpu": id, "lock": the open lock file, held while the process lives}
 
 
 def launcher_kind() -> str | None:
@@ -116,8 +116,8 @@ def check_parallel_resources(cfg: DictConfig, launcher: DictConfig) -> None:
 def claim_gpu(slot_dir: Path, gpus: list[str]) -> str:
     """A GPU no other live process of this sweep holds: an exclusive, non-blocking lock on one slot file per GPU.
     The lock is released when the process exits (or dies), so the slot goes to the next worker."""
-    if _claimed_slot:
-        return _claimed_slot[0]
+    if _held_gpu:
+        return _held_gpu["gpu"]
     slot_dir.mkdir(parents=True, exist_ok=True)
     for gpu in gpus:
         handle = open(slot_dir / f"{gpu}.lock", "w")
@@ -126,7 +126,7 @@ def claim_gpu(slot_dir: Path, gpus: list[str]) -> str:
         except BlockingIOError:
             handle.close()
             continue
-        _claimed_slot.extend([gpu, handle])
+        _held_gpu.update(gpu=gpu, lock=handle)
         return gpu
     raise RuntimeError(f"every GPU of this sweep ({','.join(gpus)}) is held by another job: hydra.launcher.n_jobs "
                        "must not exceed the number of GPUs")

@@ -81,3 +81,14 @@ def test_report_files_table_and_failed_runs(sweep, tmp_path_factory):
 def test_no_jobs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no Hydra job directories"):
         write_report(tmp_path, tmp_path / "out")
+
+
+def test_knobs_that_only_move_together_are_ranked_as_one(tmp_path):
+    """make ablation's design: the schedule and its lambda_0 are set in pairs, so only their joint effect shows."""
+    for i, (eps, schedule, lam, final) in enumerate([("0.2", "linear", "0.5", 0.9), ("0.2", "constant", "1.0", 0.8),
+                                                     ("1.0", "linear", "0.5", 0.6), ("1.0", "constant", "1.0", 0.7)]):
+        job(tmp_path, str(i), [f"method.eps_w={eps}", f"method.schedule={schedule}", f"method.lambda_0={lam}"],
+            [0.3, final])
+    jobs = read_sweep(tmp_path)
+    ranking = dict((name, spread) for name, spread, _ in knob_ranking(jobs, swept_knobs(jobs)))
+    assert ranking == pytest.approx({"method.eps_w": 0.2, "method.lambda_0 + method.schedule": 0.1})
