@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup setup-vllm base-policy demo test bench paper methods-grpo-rlsd methods-hybrid-opsd ablation ablation-linear \
 	ablation-constant leakage leakage-fixed leakage-live leakage-figures zoo \
-	zoo-grpo-family zoo-teachers zoo-figures sweep-report figures clean
+	zoo-grpo-family zoo-teachers zoo-figures sweep-report gpu-check gpu-wheels gpu-check-device figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -133,6 +133,32 @@ zoo-figures:
 	$(PY) -m analysis.stability $(wildcard $(ZOO_DIR)/teachers/*arm=opd_* $(ZOO_DIR)/teachers/*arm=opsd_*) \
 		--out $(ZOO_DIR)/figures/opd_vs_opsd
 	$(PY) -m analysis.token_credit $(ZOO_DIR)/grpo_family --arms $(ZOO_ARMS) --out $(ZOO_DIR)/figures
+
+# The GPU proof (benchmarks/gpu_check.py): on a GPU machine with this repo's venv, `make gpu-check`; the CPU dry run
+# (toy sizes, the same code; also in make test): `make gpu-check GPU_CHECK_ARGS=--dry-run`.
+GPU_CHECK_ARGS ?=
+GPU_CHECK_OUT ?= bench_results/gpu_check
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+# A GPU machine that has torch, transformers, lightning and pandas but not the rest (the device tool's H200): `make
+# gpu-wheels` here puts the pure-Python wheels the check needs (hydra-core, omegaconf, antlr4 4.9.3, pebble) and the
+# embedded default's cached policies (base policy and OPD teacher: no build there) into $(GPU_CARRY), a few MB;
+# there, `make gpu-check-device GPU_CHECK_OUT=$$OUT` installs them into /tmp/site and runs the check with python3.
+GPU_CARRY ?= .gpu_carry
+GPU_WHEELS = hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 pebble==5.2.3
+gpu-wheels: base-policy
+	$(PY) -m rlsd_lab.bootstrap model=tiny_teacher
+	rm -rf $(GPU_CARRY) && mkdir -p $(GPU_CARRY)/wheels $(GPU_CARRY)/cache/base_policy
+	$(PY) -m pip wheel -q --no-deps -w $(GPU_CARRY)/wheels $(GPU_WHEELS)  # builds antlr4 (an sdist) into a wheel
+	$(PY) -c "from rlsd_lab.bootstrap import cache_root, cache_key; from rlsd_lab.config import compose_config; \
+		[print(cache_root() / 'base_policy' / cache_key(c.model, c.task)) \
+		 for c in (compose_config([]), compose_config(['model=tiny_teacher']))]" \
+		| xargs -I{} cp -r {} $(GPU_CARRY)/cache/base_policy/
+	du -sh $(GPU_CARRY)
+gpu-check-device:
+	python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $(GPU_CARRY)/wheels/*
+	PYTHONPATH=/tmp/site RLSD_LAB_CACHE=$(GPU_CARRY)/cache python3 benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 # One report of a sweep directory (analysis/sweep.py): make sweep-report SWEEP_DIR=multirun/zoo [WATCH=30]
 sweep-report: setup

@@ -12,6 +12,8 @@ cached first if needed), so rewards, zero-variance groups and response lengths a
 method starts from the same rollouts (same seed).
 
     python benchmarks/method_cost.py --out bench_results/method_cost.json
+    python benchmarks/method_cost.py --model-dir /tmp/policy_0.5b --override trainer.precision=bf16-mixed \
+        --override opd:method.teacher.model=/tmp/policy_0.5b   # another policy; an override for one arm
 """
 
 from __future__ import annotations
@@ -38,8 +40,21 @@ def rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(method: str, steps: int, tokens: int, model_dir: str) -> dict:
-    """One measurement in this process: train `steps` steps of `method`, report step times and peak memory."""
+def arm_overrides(method: str, overrides: list[str]) -> list[str]:
+    """The `--override` values for `method`: plain ones apply to every arm, `arm:key=value` to that arm only."""
+    chosen = []
+    for override in overrides:
+        arm, separator, rest = override.partition(":")
+        if not separator or "=" in arm:
+            chosen.append(override)
+        elif arm == method:
+            chosen.append(rest)
+    return chosen
+
+
+def worker(method: str, steps: int, tokens: int, model_dir: str, overrides: list[str]) -> dict:
+    """One measurement in this process: train `steps` steps of `method`, report step times, the time of each
+    phase and peak memory."""
     sys.path.insert(0, str(ROOT))
     import pandas as pd
     import torch
@@ -50,7 +65,7 @@ def worker(method: str, steps: int, tokens: int, model_dir: str) -> dict:
     overrides = METHODS[method] + [
         f"model.path={model_dir}", f"trainer.max_steps={steps}", f"train.val_every={10**6}",
         f"diagnostics.every={10**6}", f"rollout.max_new_tokens={tokens}", "trainer.progress_bar=false",
-        "task.val_size=1", "train.checkpoint_every=1000000"]
+        "task.val_size=1", "train.checkpoint_every=1000000", *arm_overrides(method, overrides)]
     cfg = compose_config(overrides)
     gpu = torch.cuda.is_available()
     if gpu:
@@ -73,8 +88,10 @@ def worker(method: str, steps: int, tokens: int, model_dir: str) -> dict:
         train.run(cfg, Path(run_dir))
         peak = torch.cuda.max_memory_allocated() if gpu else rss_kib("VmHWM") * 1024
         metrics = pd.read_csv(Path(run_dir) / "metrics.csv").dropna(subset=["time/update"])
-    step_seconds = metrics[[c for c in PHASES if c in metrics]].fillna(0).sum(axis=1).tolist()[1:]
-    return {"step_seconds_median": statistics.median(step_seconds),
+    phases = metrics[[c for c in PHASES if c in metrics]].fillna(0).iloc[1:]
+    return {"step_seconds_median": statistics.median(phases.sum(axis=1).tolist()),
+            "phase_seconds_median": {c.removeprefix("time/"): float(phases[c].median()) for c in phases},
+            "response_length_mean": float(metrics["train/response_length"].iloc[1:].mean()),
             "peak_bytes_over_baseline": peak - baseline["bytes"]}
 
 
@@ -85,11 +102,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "method_cost.json")
+    parser.add_argument("--model-dir", help="a local policy (default: the embedded base policy, built if needed)")
+    parser.add_argument("--override", action="append", default=[],
+                        help="a Hydra override for every arm, or `ARM:key=value` for one (repeatable)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, args.tokens, args.model_dir)))
+        print(json.dumps(worker(args.worker, args.steps, args.tokens, args.model_dir, args.override)))
         return
 
     sys.path.insert(0, str(ROOT))
@@ -99,12 +118,13 @@ def main() -> None:
     from rlsd_lab.config import compose_config
 
     cfg = compose_config([])
-    model_dir = str(ensure_base_policy(cfg.model, cfg.task))
+    model_dir = args.model_dir or str(ensure_base_policy(cfg.model, cfg.task))
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
     for round_index in range(args.rounds):
         for method in args.methods:
             command = [sys.executable, __file__, "--worker", method, "--model-dir", model_dir,
-                       "--steps", str(args.steps), "--tokens", str(args.tokens)]
+                       "--steps", str(args.steps), "--tokens", str(args.tokens),
+                       *(f"--override={o}" for o in args.override)]
             out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
             if out.returncode:
@@ -112,10 +132,13 @@ def main() -> None:
             results[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"round {round_index + 1} {method}: {results[method][-1]}", flush=True)
     summary = {m: {"step_seconds": statistics.median(r["step_seconds_median"] for r in runs),
+                   "phase_seconds": {phase: statistics.median(r["phase_seconds_median"][phase] for r in runs)
+                                     for phase in runs[0]["phase_seconds_median"]},
                    "peak_bytes_over_baseline": statistics.median(r["peak_bytes_over_baseline"] for r in runs)}
                for m, runs in results.items()}
     grpo = summary.get("grpo")
     result = {"benchmark": "method_cost", "steps": args.steps, "rounds": args.rounds, "tokens": args.tokens,
+              "model_dir": model_dir, "overrides": args.override,
               "device": "cuda" if torch.cuda.is_available() else "cpu", "per_method": summary, "runs": results}
     if grpo:
         # Paired per round (each method ran right after GRPO's run of the same round), then the median.

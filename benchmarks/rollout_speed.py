@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlsd_lab.models import build_tiny_qwen2, count_parameters
 from rlsd_lab.prompts import render_prompt
@@ -42,21 +43,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--hidden-size", type=int, help="override the embedded architecture's width")
     parser.add_argument("--layers", type=int, help="override the embedded architecture's depth")
+    parser.add_argument("--model-dir", type=Path, help="a saved model (benchmarks/random_policy.py) instead")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "rollout_speed.json")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    tokenizer = build_char_tokenizer()
-    # Speed does not depend on the weights: the embedded architecture, randomly initialised.
-    architecture = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").architecture)
-    if args.hidden_size:
-        heads = args.hidden_size // 64
-        architecture.update(hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
-                            num_attention_heads=heads, num_key_value_heads=max(1, heads // 4))
-    if args.layers:
-        architecture["num_hidden_layers"] = args.layers
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = build_tiny_qwen2(tokenizer, architecture).to(device).eval()
+    if args.model_dir:
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=getattr(torch, args.dtype))
+    else:
+        tokenizer = build_char_tokenizer()
+        # Speed does not depend on the weights: the embedded architecture, randomly initialised.
+        architecture = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").architecture)
+        if args.hidden_size:
+            heads = args.hidden_size // 64
+            architecture.update(hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
+                                num_attention_heads=heads, num_key_value_heads=max(1, heads // 4))
+        if args.layers:
+            architecture["num_hidden_layers"] = args.layers
+        model = build_tiny_qwen2(tokenizer, architecture).to(getattr(torch, args.dtype))
+    model = model.to(device).eval()
     model.generation_config.eos_token_id = None
     problems = ArithTask().problems("train", args.prompts, seed=0)
     prompts = [tokenizer.encode(render_prompt(p.question), add_special_tokens=False) for p in problems]
@@ -96,7 +104,7 @@ def main() -> None:
         "benchmark": "rollout_speed",
         "batch": {"prompts": args.prompts, "group_size": args.group_size, "new_tokens": args.new_tokens,
                   "temperature": args.temperature, "top_p": args.top_p},
-        "model_parameters": count_parameters(model),
+        "model_parameters": count_parameters(model), "vocab_size": model.config.vocab_size, "dtype": args.dtype,
         "tokens_per_s_median": medians,
         "tokens_per_s_all": rates,
         "ratio_hf_engine_over_generate": medians["hf_engine"] / medians["transformers_generate"],

@@ -17,11 +17,15 @@ PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 CHARACTERS = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per character; ids 0, 1, 2 are pad, eos, unk."""
+def build_char_tokenizer(vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """One token per character; ids 0, 1, 2 are pad, eos, unk. `vocab_size` pads the vocabulary with unused
+    tokens (`<unused7>`, never produced from text) to a real model's size, for speed measurements at a 151,936-token
+    vocabulary (benchmarks/)."""
     vocab = {PAD: 0, EOS: 1, UNK: 2}
     for ch in CHARACTERS:
         vocab[ch] = len(vocab)
+    for index in range(len(vocab), vocab_size or 0):
+        vocab[f"<unused{index}>"] = index
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
