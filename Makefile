@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup setup-vllm base-policy demo test bench paper methods-grpo-rlsd methods-hybrid-opsd ablation ablation-linear \
 	ablation-constant leakage leakage-fixed leakage-live leakage-figures zoo \
-	zoo-grpo-family zoo-teachers zoo-figures sweep-report gpu-check gpu-wheels gpu-check-device figures clean
+	zoo-grpo-family zoo-teachers zoo-figures sweep-report eval gpu-check gpu-wheels gpu-check-device figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -159,6 +159,15 @@ gpu-wheels: base-policy
 gpu-check-device:
 	python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $(GPU_CARRY)/wheels/*
 	PYTHONPATH=/tmp/site RLSD_LAB_CACHE=$(GPU_CARRY)/cache python3 benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
+
+# Evaluation the way papers report it (rlsd_lab/evaluate.py, conf/eval/default.yaml): every run's final policy on the
+# in-distribution split and two harder arith variants, avg@8 / pass@k / maj@k at temperature 0.7, top-p 0.8, then
+# the methods x benchmarks table (analysis/benchmark_table.py): make eval [EVAL_RUNS=multirun/paper] [EVAL_ARGS=...]
+EVAL_RUNS ?= $(PAPER_DIR)
+EVAL_ARGS ?=
+eval: setup
+	$(PY) -m rlsd_lab.evaluate "eval.policies=['$(EVAL_RUNS)']" $(EVAL_ARGS)
+	$(PY) -m analysis.benchmark_table $(EVAL_RUNS) --out $(EVAL_RUNS)/figures
 
 # One report of a sweep directory (analysis/sweep.py): make sweep-report SWEEP_DIR=multirun/zoo [WATCH=30]
 sweep-report: setup

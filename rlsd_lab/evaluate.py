@@ -1,0 +1,165 @@
+"""Evaluation the way papers report it: `python -m rlsd_lab.evaluate eval.policies=[<runs or model dirs>]`.
+
+Every policy is sampled `eval.n` times per problem (`eval.temperature`, `eval.top_p`, `eval.max_new_tokens`,
+`eval.engine`) on every set of `eval.sets`. A set is a task config given by its overrides (conf/eval/default.yaml):
+the embedded arith split, harder arith variants, or a JSONL / parquet file with its verifier. Per set it reports
+avg@n, pass@k and maj@k (rlsd_lab/eval_metrics.py), each with a 95% bootstrap interval over problems, and the mean
+response length. Results go to `eval/results.json` and a tidy `eval/results.csv` (one row per policy, set and
+metric) next to the policy: in a run directory, or in a model directory.
+
+    python -m rlsd_lab.evaluate eval.policies=[multirun/paper] eval.n=16 eval.temperature=0.7 eval.top_p=0.8
+    python -m rlsd_lab.evaluate eval.policies=[/models/mine] 'eval.sets={aime: [task=file,task.path=aime.jsonl]}'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import pandas as pd
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm import tqdm
+
+from analysis.runs import find_run_dirs, run_labels
+from rlsd_lab.eval_metrics import bootstrap_ci, extracted_answer, problem_scores
+from rlsd_lab.evaluation import decode_responses
+from rlsd_lab.models import load_policy
+from rlsd_lab.prompts import PromptRenderer
+from rlsd_lab.rollout import SamplingParams, build_engine
+from rlsd_lab.tasks import build_task
+from rlsd_lab.verifiers.pool import VerifierPool
+
+log = logging.getLogger("rlsd_lab.evaluate")
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def policy_dirs(paths: list[str]) -> list[tuple[Path, Path]]:
+    """(model dir, where its results go) for every policy named: a run directory's final_policy/ (results in the
+    run directory), every run below a folder, or a model directory itself."""
+    found = []
+    for path in map(Path, paths):
+        if (path / "config.json").exists():
+            found.append((path, path))
+            continue
+        runs = [run for run in find_run_dirs([path]) if (run / "final_policy").exists()]
+        if not runs:
+            raise FileNotFoundError(f"eval.policies: {path} is neither a model directory (config.json) nor a run "
+                                    "directory, or folder of them, with a final_policy/")
+        found += [(run / "final_policy", run) for run in runs]
+    return found
+
+
+def policy_labels(home: Path) -> dict:
+    """A run directory's method (or arm), seed, defining overrides and prompt format (analysis.runs); a bare model
+    directory is named by its folder."""
+    config_file = home / "config_resolved.yaml"
+    if not config_file.exists():
+        return {"method": home.name, "seed": 0, "overrides": "", "prompt_format": "plain"}
+    labels = run_labels(home)
+    config = yaml.safe_load(config_file.read_text())
+    return {"method": labels["name"], "seed": labels["seed"], "overrides": " ".join(labels["overrides"]),
+            "prompt_format": (config.get("model") or {}).get("prompt_format", "plain")}
+
+
+def set_task_config(name: str, overrides: list[str]) -> DictConfig:
+    """conf/task/<task>.yaml with a set's `task.key=value` overrides (`+task.key=value` adds a key). Task configs
+    have no defaults list, so this is the composition Hydra would do, without a second Hydra inside this app."""
+    groups = [o.split("=", 1)[1] for o in overrides if o.startswith("task=")]
+    path = CONF / "task" / f"{groups[-1] if groups else 'arith'}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"eval.sets.{name}: no task config {path.name}; choose from "
+                                f"{', '.join(sorted(p.stem for p in path.parent.glob('*.yaml')))}")
+    task = OmegaConf.load(path)
+    OmegaConf.set_struct(task, True)  # a misspelt key fails, naming it
+    values = [o.removeprefix("task.") for o in overrides if o.startswith("task.")]
+    added = [o.removeprefix("+task.") for o in overrides if o.startswith("+task.")]
+    with open_dict(task):
+        task = OmegaConf.merge(task, OmegaConf.from_dotlist(added))
+    return OmegaConf.merge(task, OmegaConf.from_dotlist(values))
+
+
+def evaluate_set(engine, tokenizer, prompts: PromptRenderer, name: str, overrides: list[str], cfg) -> dict:
+    """The metrics of one set: every metric's mean over problems with its bootstrap interval."""
+    task = build_task(set_task_config(name, list(overrides)))
+    problems = task.problems("val", cfg.problems, seed=0)
+    verifier = VerifierPool(task.verifier, {}, workers=0)
+    verifier.check([p.verifier or task.verifier for p in problems])
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            n=cfg.n)
+    per_problem, lengths = [], []
+    for start in tqdm(range(0, len(problems), cfg.batch_size), desc=name, unit="batch"):
+        chunk = problems[start:start + cfg.batch_size]
+        batch = engine.generate([prompts.ids(p) for p in chunk], params)
+        texts = decode_responses(tokenizer, batch)
+        verdicts = verifier.score_batch(texts, [p for p in chunk for _ in range(cfg.n)])
+        lengths += batch.response_lengths().tolist()
+        for index in range(len(chunk)):
+            rows = range(index * cfg.n, (index + 1) * cfg.n)
+            per_problem.append(problem_scores([verdicts[r].reward >= 1.0 for r in rows],
+                                              [extracted_answer(texts[r]) for r in rows], list(cfg.ks)))
+    verifier.close()
+    scores = pd.DataFrame(per_problem)
+    metrics = {}
+    for metric in scores.columns:
+        low, high = bootstrap_ci(scores[metric].tolist(), cfg.bootstrap.samples, cfg.bootstrap.seed)
+        metrics[metric] = {"value": float(scores[metric].mean()), "ci_low": low, "ci_high": high}
+    metrics["response_length"] = {"value": float(sum(lengths) / len(lengths)), "ci_low": float("nan"),
+                                  "ci_high": float("nan")}
+    return {"problems": len(problems), "metrics": metrics}
+
+
+def evaluate_policy(model_dir: Path, home: Path, cfg) -> dict:
+    labels = policy_labels(home)
+    model, tokenizer = load_policy(model_dir, torch.float32, None)
+    model = model.to("cuda" if cfg.accelerator == "gpu" else "cpu").eval()
+    prompt_format = labels["prompt_format"] if cfg.prompt_format == "auto" else cfg.prompt_format
+    prompts = PromptRenderer(prompt_format, tokenizer)
+    engine = build_engine(cfg.engine, model, tokenizer, seed=cfg.seed)
+    settings = {k: cfg[k] for k in ("n", "temperature", "top_p", "max_new_tokens", "engine")}
+    results = {"policy": str(model_dir), **labels, "settings": settings,
+               "sets": {name: evaluate_set(engine, tokenizer, prompts, name, overrides, cfg)
+                        for name, overrides in cfg.sets.items()}}
+    out = Path(cfg.out) if cfg.out else home / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    tidy_rows(results).to_csv(out / "results.csv", index=False)
+    log.info("%s: %s -> %s", model_dir, ", ".join(f"{s} {r['metrics'][f'avg@{cfg.n}']['value']:.3f}"
+                                                  for s, r in results["sets"].items()), out)
+    return results
+
+
+def tidy_rows(results: dict) -> pd.DataFrame:
+    """One row per set and metric, with the policy's labels and the sampling settings."""
+    return pd.DataFrame([{"policy": results["policy"], "method": results["method"], "seed": results["seed"],
+                          "overrides": results["overrides"],
+                          "set": name, "metric": metric, **values, "problems": data["problems"],
+                          **results["settings"]}
+                         for name, data in results["sets"].items() for metric, values in data["metrics"].items()])
+
+
+def check_eval_config(cfg) -> None:
+    if not cfg.policies:
+        raise ValueError("eval.policies is empty: name run directories, folders of runs or model directories")
+    if any(not 1 <= k <= cfg.n for k in cfg.ks):
+        raise ValueError(f"eval.ks={list(cfg.ks)}: every k must be in [1, eval.n={cfg.n}]")
+    if cfg.temperature == 0 and cfg.n > 1:
+        raise ValueError(f"eval.temperature=0 with eval.n={cfg.n}: greedy samples are all the same; use eval.n=1")
+
+
+@hydra.main(config_path="../conf/eval", config_name="default", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    check_eval_config(cfg.eval)
+    torch.manual_seed(cfg.eval.seed)
+    for model_dir, home in policy_dirs(list(cfg.eval.policies)):
+        results = evaluate_policy(model_dir, home, cfg.eval)
+        print(f"[rlsd_lab] {results['method']} seed={results['seed']}: " + ", ".join(
+            f"{name} avg@{cfg.eval.n} {data['metrics'][f'avg@{cfg.eval.n}']['value']:.3f}"
+            for name, data in results["sets"].items()) + f" ({home / 'eval' if not cfg.eval.out else cfg.eval.out})")
+
+
+if __name__ == "__main__":
+    main()
