@@ -4,8 +4,8 @@
 
 Reads every `eval/results.csv` below the paths (`python -m rlsd_lab.evaluate`). A cell is the mean over seeds of a
 method's score on a set, with the 95% CI over seeds (Student t). The average column averages each seed's sets
-first, then takes the mean and CI over seeds. The best mean per column is in bold (none where all rows tie). Writes `benchmark_table.md`
-and `benchmark_table.tex`, and prints the Markdown.
+first, then takes the mean and CI over seeds. The best mean per column is in bold (none where all rows tie).
+Writes `benchmark_table.md` and `benchmark_table.tex`, and prints the Markdown.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     metric = args.metric or f"avg@{int(results['n'].iloc[0])}"
     table = benchmark_table(results, metric)
     seeds = results.groupby("row")["seed"].nunique()
-    caption = (f"{metric}, mean ± 95% CI over seeds ({', '.join(f'{m}: {n}' for m, n in seeds.items())}); "
+    counts = str(seeds.iloc[0]) if seeds.nunique() == 1 else ", ".join(f"{m}: {n}" for m, n in seeds.items())
+    caption = (f"{metric}, mean ± 95% CI over seeds ({counts} per row); "
                f"n={results['n'].iloc[0]}, temperature {results['temperature'].iloc[0]}, top-p "
                f"{results['top_p'].iloc[0]}, {results['problems'].iloc[0]} problems per set.\n")
     args.out.mkdir(parents=True, exist_ok=True)

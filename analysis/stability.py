@@ -7,6 +7,7 @@ response length, entropy, leakage rate and teacher-student divergence when the r
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import matplotlib
@@ -39,6 +40,8 @@ def seed_statistics(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 def stability_figure(runs: pd.DataFrame, out_dir: Path, name: str = "stability") -> list[Path]:
     """Writes <name>.png and <name>.pdf; returns their paths."""
     panels = [(m, title) for m, title in PANELS if (runs["metric"] == m).any()]
+    extra = sorted(m for m in runs["metric"].unique() if re.fullmatch(r"val/.+/accuracy", m))  # train.val_sets
+    panels[1:1] = [(m, f"Validation accuracy on {m.split('/')[1]} (greedy)") for m in extra]
     if not panels:
         raise ValueError(f"none of the metrics {[m for m, _ in PANELS]} is in these runs")
     columns = min(3, len(panels))

@@ -183,6 +183,7 @@ class TrainConfig:
     val_every: int = bounded(10, 1)
     val_early: ValEarlyConfig = field(default_factory=ValEarlyConfig)
     val_batch_size: int = bounded(256, 1)
+    val_sets: Any = None  # {name: [task overrides]} (rlsd_lab/tasks/sets.py); untyped, so a dict can replace null
     checkpoint_every: int = bounded(50, 1)
     keep_checkpoints: int = bounded(3, -1, help="-1: keep all")
     max_consecutive_skips: int = bounded(5, 1)

@@ -8,7 +8,8 @@ response length. Results go to `eval/results.json` and a tidy `eval/results.csv`
 metric) next to the policy: in a run directory, or in a model directory.
 
     python -m rlsd_lab.evaluate eval.policies=[multirun/paper] eval.n=16 eval.temperature=0.7 eval.top_p=0.8
-    python -m rlsd_lab.evaluate eval.policies=[/models/mine] 'eval.sets={aime: [task=file,task.path=aime.jsonl]}'
+    python -m rlsd_lab.evaluate eval.policies=[/models/mine] eval.prompt_format=chat \
+        'eval.sets={aime: ["task=file", "task.train_path=aime.jsonl", "task.val_path=aime.jsonl"]}'
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import hydra
 import pandas as pd
 import torch
 import yaml
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from analysis.runs import find_run_dirs, run_labels
@@ -31,10 +32,10 @@ from rlsd_lab.models import load_policy
 from rlsd_lab.prompts import PromptRenderer
 from rlsd_lab.rollout import SamplingParams, build_engine
 from rlsd_lab.tasks import build_task
+from rlsd_lab.tasks.sets import set_problems, set_task_config
 from rlsd_lab.verifiers.pool import VerifierPool
 
 log = logging.getLogger("rlsd_lab.evaluate")
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def policy_dirs(paths: list[str]) -> list[tuple[Path, Path]]:
@@ -65,29 +66,12 @@ def policy_labels(home: Path) -> dict:
             "prompt_format": (config.get("model") or {}).get("prompt_format", "plain")}
 
 
-def set_task_config(name: str, overrides: list[str]) -> DictConfig:
-    """conf/task/<task>.yaml with a set's `task.key=value` overrides (`+task.key=value` adds a key). Task configs
-    have no defaults list, so this is the composition Hydra would do, without a second Hydra inside this app."""
-    groups = [o.split("=", 1)[1] for o in overrides if o.startswith("task=")]
-    path = CONF / "task" / f"{groups[-1] if groups else 'arith'}.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"eval.sets.{name}: no task config {path.name}; choose from "
-                                f"{', '.join(sorted(p.stem for p in path.parent.glob('*.yaml')))}")
-    task = OmegaConf.load(path)
-    OmegaConf.set_struct(task, True)  # a misspelt key fails, naming it
-    values = [o.removeprefix("task.") for o in overrides if o.startswith("task.")]
-    added = [o.removeprefix("+task.") for o in overrides if o.startswith("+task.")]
-    with open_dict(task):
-        task = OmegaConf.merge(task, OmegaConf.from_dotlist(added))
-    return OmegaConf.merge(task, OmegaConf.from_dotlist(values))
-
-
 def evaluate_set(engine, tokenizer, prompts: PromptRenderer, name: str, overrides: list[str], cfg) -> dict:
     """The metrics of one set: every metric's mean over problems with its bootstrap interval."""
     task = build_task(set_task_config(name, list(overrides)))
-    problems = task.problems("val", cfg.problems, seed=0)
+    problems = set_problems(task, cfg.problems)
     verifier = VerifierPool(task.verifier, {}, workers=0)
-    verifier.check([p.verifier or task.verifier for p in problems])
+    verifier.check([p.verifier for p in problems])
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             n=cfg.n)
     per_problem, lengths = [], []
@@ -120,6 +104,7 @@ def evaluate_policy(model_dir: Path, home: Path, cfg) -> dict:
     prompts = PromptRenderer(prompt_format, tokenizer)
     engine = build_engine(cfg.engine, model, tokenizer, seed=cfg.seed)
     settings = {k: cfg[k] for k in ("n", "temperature", "top_p", "max_new_tokens", "engine")}
+    settings["prompt_format"] = prompt_format
     results = {"policy": str(model_dir), **labels, "settings": settings,
                "sets": {name: evaluate_set(engine, tokenizer, prompts, name, overrides, cfg)
                         for name, overrides in cfg.sets.items()}}

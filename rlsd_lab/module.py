@@ -100,15 +100,17 @@ def verdict_metrics(verdicts: list[Verdict]) -> dict[str, float]:
 class RLModule(L.LightningModule):
     def __init__(self, cfg, model, tokenizer, objective: Objective, verifier: VerifierPool,
                  train_problems: list[Problem], val_problems: list[Problem], run_dir: str | Path, rank: int = 0,
-                 error_locator=None):
+                 error_locator=None, val_sets: dict[str, list[Problem]] | None = None):
         """`rank`: the data-parallel rank, added to the sampling seed so that ranks draw independent responses.
         `error_locator(response_text, problem)`: the task's first-error locator (`task.first_error`), when it has
-        one; it enables the credit-against-ground-truth metrics (rlsd_lab/credit_quality.py)."""
+        one; it enables the credit-against-ground-truth metrics (rlsd_lab/credit_quality.py).
+        `val_sets`: more validation sets (`train.val_sets`), validated with the training task's."""
         super().__init__()
         check_batch_config(cfg)
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
         self.objective, self.verifier = objective, verifier
         self.train_problems, self.val_problems = train_problems, val_problems
+        self.val_sets = val_sets or {}
         self.automatic_optimization = False
         self.prompts = PromptRenderer(cfg.model.prompt_format, tokenizer, cfg.model.get("chat_template_options"))
         self.engine = build_engine(cfg.rollout.name, model, tokenizer, seed=cfg.seed + rank,
@@ -160,8 +162,13 @@ class RLModule(L.LightningModule):
 
     # ---- validation -------------------------------------------------------------------------------------------
     def validate_policy(self) -> dict[str, float]:
-        """Greedy accuracy on the validation set; data-parallel ranks each score a share and sum the counts."""
-        return {f"val/{k}": v for k, v in self._greedy_validation(self.engine, self.model).items()}
+        """Greedy accuracy on the validation set (and on each of `train.val_sets`: val/<name>/accuracy);
+        data-parallel ranks each score a share and sum the counts."""
+        metrics = {f"val/{k}": v for k, v in self._greedy_validation(self.engine, self.model).items()}
+        for name, problems in self.val_sets.items():
+            result = self._greedy_validation(self.engine, self.model, problems=problems)
+            metrics |= {f"val/{name}/{k}": v for k, v in result.items()}
+        return metrics
 
     def validate_teacher(self) -> dict[str, float]:
         """The teacher's greedy accuracy on the validation set with its reference in the prompt. A live (or
@@ -192,8 +199,10 @@ class RLModule(L.LightningModule):
                                "stronger model, or method.teacher.require_stronger=false to train anyway")
         return metrics
 
-    def _greedy_validation(self, engine, model, reference_mode: str | None = None) -> dict[str, float]:
-        problems = rank_share(self.val_problems, self.global_rank, self.trainer.world_size)
+    def _greedy_validation(self, engine, model, reference_mode: str | None = None,
+                           problems: list[Problem] | None = None) -> dict[str, float]:
+        every = self.val_problems if problems is None else problems
+        problems = rank_share(every, self.global_rank, self.trainer.world_size)
         with gathered(model):
             result = greedy_accuracy(engine, self.tokenizer, self.verifier, problems,
                                      self.cfg.rollout.max_new_tokens, batch_size=self.cfg.train.val_batch_size,
@@ -202,7 +211,7 @@ class RLModule(L.LightningModule):
         if self.trainer.world_size > 1:  # the shares' means, weighted by their sizes
             totals = sum_over_ranks(torch.tensor([value * len(problems) for value in result.values()],
                                                  dtype=torch.float64, device=self.device))
-            result = {name: float(total) / len(self.val_problems) for name, total in zip(result, totals)}
+            result = {name: float(total) / len(every) for name, total in zip(result, totals)}
         return result
 
     # ---- checkpoints (rlsd_lab/resume.py) ----------------------------------------------------------------------

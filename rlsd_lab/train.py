@@ -42,6 +42,7 @@ from rlsd_lab.resume import EpochBatchSampler, MetricsCSV, checkpoint_step, find
 from rlsd_lab.seed_average import train_seeds
 from rlsd_lab.sharding import full_state_dict, is_sharded
 from rlsd_lab.tasks import build_task
+from rlsd_lab.tasks.sets import set_problems, set_task_config
 from rlsd_lab.verifiers.pool import VerifierPool
 
 log = logging.getLogger("rlsd_lab")
@@ -82,6 +83,13 @@ def build_verifier_pool(cfg, task, problems: list) -> VerifierPool:
                         cfg.verify.timeout_s)
     pool.check([problem.verifier or task.verifier for problem in problems])
     return pool
+
+
+def extra_val_sets(sets) -> dict[str, list]:
+    """`train.val_sets`: name -> its validation problems (each task config's own val_size), logged beside the
+    training task's as val/<name>/accuracy, so that in- and out-of-distribution curves share one run."""
+    tasks = {name: set_task_config(name, list(overrides)) for name, overrides in sets.items()}
+    return {name: set_problems(build_task(task_cfg), task_cfg.val_size) for name, task_cfg in tasks.items()}
 
 
 def build_trainer(cfg, run_dir: Path, resume_step: int | None = None) -> L.Trainer:
@@ -132,7 +140,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     train_problems = task.problems("train", cfg.task.train_size, seed=cfg.seed)
     # One validation set for every seed, so that runs are compared on the same problems.
     val_problems = task.problems("val", cfg.task.val_size, seed=0)
-    verifier = build_verifier_pool(cfg, task, train_problems + val_problems)
+    val_sets = extra_val_sets(cfg.train.val_sets or {})
+    verifier = build_verifier_pool(cfg, task, train_problems + val_problems + sum(val_sets.values(), []))
     # The same seeded order on every rank: each step's global batch of prompts (data.prompts_per_step), continued
     # from the checkpoint's step. The loader's own generator: its iterators draw a seed, not from torch's global RNG.
     sampler = EpochBatchSampler(len(train_problems), cfg.data.prompts_per_step, cfg.seed, start=resume_step or 0)
@@ -141,7 +150,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     model.train()  # from_pretrained returns eval mode
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = RLModule(cfg, model, tokenizer, objective, verifier, train_problems, val_problems, run_dir,
-                      rank=trainer.global_rank, error_locator=getattr(task, "first_error", None))
+                      rank=trainer.global_rank, error_locator=getattr(task, "first_error", None), val_sets=val_sets)
     if checkpoint:
         log.info("resuming from %s (step %d)", checkpoint, resume_step)
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")

@@ -53,3 +53,8 @@ def slow_char_parity(response, problem):
     """char_parity at about 30 ms a response: a run slow enough for a test to signal it between two steps."""
     time.sleep(0.03)
     return char_parity(response, problem)
+
+
+def answer_parity(response, problem):
+    """Right for about half of the problems even when a model answers every prompt alike (greedy, untrained)."""
+    return (sum(map(ord, response)) + int(problem.answer)) % 2 == 0
