@@ -2,7 +2,8 @@
 
     python -m analysis.benchmark_table <runs or eval dirs> [--metric avg@8] [--out figures]
 
-Reads every `eval/results.csv` below the paths (`python -m rlsd_lab.evaluate`). A cell is the mean over seeds of a
+Reads every `eval/results.csv` below the paths (`python -m rlsd_lab.evaluate`; of runs evaluated at every
+checkpoint, the final policy). A cell is the mean over seeds of a
 method's score on a set, with the 95% CI over seeds (Student t). The average column averages each seed's sets
 first, then takes the mean and CI over seeds. The best mean per column is in bold (none where all rows tie).
 Writes `benchmark_table.md` and `benchmark_table.tex`, and prints the Markdown.
@@ -42,6 +43,8 @@ def benchmark_table(results: pd.DataFrame, metric: str) -> pd.DataFrame:
     chosen = results[results["metric"] == metric]
     if chosen.empty:
         raise SystemExit(f"--metric {metric}: not in the results (they have {', '.join(sorted(set(results.metric)))})")
+    if "step" in chosen:  # eval.checkpoints=all: the table is of the final policies, the latest step of each run
+        chosen = chosen.sort_values("step").groupby(["row", "seed", "set"]).tail(1)
     scores = chosen.pivot_table(index=["row", "seed"], columns="set", values="value", aggfunc="mean")
     scores[AVERAGE] = scores.mean(axis=1)
     columns = [c for c in scores.columns if c != AVERAGE] + [AVERAGE]
@@ -73,14 +76,19 @@ def render(table: pd.DataFrame, latex: bool = False) -> str:
     return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows]) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", type=Path)
+def results_from_command_line(description: str, argv: list[str] | None):
+    """The CLI of the tools that read evaluation results: (args, results, metric; default avg@n)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="runs, folders of runs, or results.csv files")
     parser.add_argument("--metric", default=None, help="avg@n (default), pass@k, maj@k or response_length")
     parser.add_argument("--out", type=Path, default=Path("figures"))
     args = parser.parse_args(argv)
     results = load_results(args.paths)
-    metric = args.metric or f"avg@{int(results['n'].iloc[0])}"
+    return args, results, args.metric or f"avg@{int(results['n'].iloc[0])}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, results, metric = results_from_command_line(__doc__, argv)
     table = benchmark_table(results, metric)
     seeds = results.groupby("row")["seed"].nunique()
     counts = str(seeds.iloc[0]) if seeds.nunique() == 1 else ", ".join(f"{m}: {n}" for m, n in seeds.items())

@@ -32,20 +32,39 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), quantile * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def results_table(runs: pd.DataFrame, threshold: float, metric: str = "val/accuracy") -> pd.DataFrame:
-    """One row per variant: seeds, final, best, steps to `threshold` (mean, CI) and how many seeds reached it."""
+def first_steps(curves: pd.DataFrame, runs: list[str], level: float) -> list[float]:
+    """Per run, the first logged step at which its curve reaches `level` (runs that never do are left out; a
+    rounding error's worth below counts as reached: a mean of accuracies is not exact)."""
+    reached = [curves[run].dropna()[lambda s: s >= level - 1e-9].index.min() for run in runs]
+    return [float(step) for step in reached if not pd.isna(step)]
+
+
+def results_table(runs: pd.DataFrame, threshold: float, metric: str = "val/accuracy",
+                  baseline: str | None = None) -> pd.DataFrame:
+    """One row per variant: seeds, final, best, steps to `threshold` (mean, CI) and how many seeds reached it.
+    With `baseline` (a variant's name): steps to match, the first step at which a run reaches the baseline's mean
+    final accuracy (the paper's "RLSD at 200 steps beats GRPO at 400"), and how many seeds did."""
     curves = metric_curves(runs, metric)
     variant_of = runs.drop_duplicates("run").set_index("run")["variant"]
+    members = {variant: [run for run in curves.columns if variant_of[run] == variant]
+               for variant in sorted(variant_of.unique())}
+    if baseline is not None and baseline not in members:
+        raise SystemExit(f"--baseline {baseline}: no such variant (there are: {', '.join(members)})")
+    target = mean_ci([curves[run].dropna().iloc[-1] for run in members[baseline]])[0] if baseline else None
     rows = []
-    for variant in sorted(variant_of.unique()):
-        columns = [run for run in curves.columns if variant_of[run] == variant]
+    for variant, columns in members.items():
         finals = [curves[run].dropna().iloc[-1] for run in columns]
-        bests = [curves[run].max() for run in columns]
-        reached = [curves[run].dropna()[lambda s: s >= threshold].index.min() for run in columns]
-        reached = [float(step) for step in reached if not pd.isna(step)]
-        rows.append({"variant": variant, "seeds": len(columns), "final": mean_ci(finals), "best": mean_ci(bests),
-                     "steps_to_threshold": mean_ci(reached), "reached": f"{len(reached)}/{len(columns)}"})
-    return pd.DataFrame(rows)
+        reached = first_steps(curves, columns, threshold)
+        row = {"variant": variant, "seeds": len(columns), "final": mean_ci(finals),
+               "best": mean_ci([curves[run].max() for run in columns]), "steps_to_threshold": mean_ci(reached),
+               "reached": f"{len(reached)}/{len(columns)}"}
+        if baseline:
+            matched = first_steps(curves, columns, target)
+            row |= {"steps_to_match": mean_ci(matched), "matched": f"{len(matched)}/{len(columns)}"}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.attrs["baseline"] = (baseline, target) if baseline else None
+    return table
 
 
 def _cell(value: tuple[float, float], digits: int, pm: str) -> str:
@@ -56,23 +75,30 @@ def _cell(value: tuple[float, float], digits: int, pm: str) -> str:
 
 
 def _rows(table: pd.DataFrame, pm: str) -> list[list[str]]:
+    match = (lambda r: [_cell(r.steps_to_match, 0, pm), r.matched]) if table.attrs.get("baseline") else (lambda r: [])
     return [[r.variant, str(r.seeds), _cell(r.final, 3, pm), _cell(r.best, 3, pm),
-             _cell(r.steps_to_threshold, 0, pm), r.reached] for r in table.itertuples()]
+             _cell(r.steps_to_threshold, 0, pm), r.reached, *match(r)] for r in table.itertuples()]
 
 
-def headers(threshold: float) -> list[str]:
-    return ["method", "seeds", "final val acc", "best val acc", f"steps to {threshold:g}", "reached"]
+def headers(threshold: float, table: pd.DataFrame | None = None) -> list[str]:
+    columns = ["method", "seeds", "final val acc", "best val acc", f"steps to {threshold:g}", "reached"]
+    if table is not None and table.attrs.get("baseline"):
+        name, target = table.attrs["baseline"]
+        columns += [f"steps to match {name} ({target:.3f})", "matched"]
+    return columns
 
 
 def to_markdown(table: pd.DataFrame, threshold: float) -> str:
-    lines = ["| " + " | ".join(headers(threshold)) + " |", "|" + "---|" * len(headers(threshold))]
+    names = headers(threshold, table)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(table, "±")]
     return "\n".join(lines) + "\n\nmean ± 95% CI over seeds (Student t); one seed: no interval.\n"
 
 
 def to_latex(table: pd.DataFrame, threshold: float) -> str:
     escape = lambda text: text.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
-    lines = [r"\begin{tabular}{lrrrrr}", r"\toprule", " & ".join(map(escape, headers(threshold))) + r" \\",
+    names = headers(threshold, table)
+    lines = [r"\begin{tabular}{l" + "r" * (len(names) - 1) + "}", r"\toprule", " & ".join(map(escape, names)) + r" \\",
              r"\midrule"]
     lines += [" & ".join(escape(cell) for cell in row) + r" \\" for row in _rows(table, r"$\pm$")]
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
@@ -83,8 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("paths", nargs="+", type=Path, help="run directories, or folders holding them")
     parser.add_argument("--out", type=Path, default=Path("figures"))
     parser.add_argument("--threshold", type=float, default=0.8, help="validation accuracy for 'steps to'")
+    parser.add_argument("--baseline", help="a variant (e.g. grpo): add steps to reach its mean final accuracy")
     args = parser.parse_args(argv)
-    table = results_table(load_runs(args.paths), args.threshold)
+    table = results_table(load_runs(args.paths), args.threshold, baseline=args.baseline)
     args.out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(table, args.threshold)
     (args.out / "results.md").write_text(markdown)

@@ -30,6 +30,7 @@ from rlsd_lab.eval_metrics import bootstrap_ci, extracted_answer, problem_scores
 from rlsd_lab.evaluation import decode_responses
 from rlsd_lab.models import load_policy
 from rlsd_lab.prompts import PromptRenderer
+from rlsd_lab.resume import checkpoint_step
 from rlsd_lab.rollout import SamplingParams, build_engine
 from rlsd_lab.tasks import build_task
 from rlsd_lab.tasks.sets import set_problems, set_task_config
@@ -96,31 +97,60 @@ def evaluate_set(engine, tokenizer, prompts: PromptRenderer, name: str, override
     return {"problems": len(problems), "metrics": metrics}
 
 
-def evaluate_policy(model_dir: Path, home: Path, cfg) -> dict:
+def checkpoint_steps(home: Path) -> list[tuple[int, Path]]:
+    """(RL step, file) of every checkpoint a run kept (last.ckpt, a link to the latest, left out)."""
+    files = [f for f in sorted((home / "checkpoints").glob("*.ckpt")) if not f.is_symlink() and f.name != "last.ckpt"]
+    return sorted((checkpoint_step(f), f) for f in files)
+
+
+def policy_weights(model, checkpoint: Path) -> None:
+    """Loads the policy's weights from a Lightning checkpoint of a run (its `model.` entries) into `model`."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint}: its policy weights do not fit final_policy/ ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]}); LoRA checkpoints hold "
+                         "an adapter, not the merged model: evaluate final_policy/ only (eval.checkpoints=final)")
+
+
+def evaluate_run(model_dir: Path, home: Path, cfg) -> list[dict]:
+    """The final policy (and with `eval.checkpoints=all` every kept checkpoint) on every set; writes
+    results.json (one entry per step) and the tidy results.csv."""
     labels = policy_labels(home)
     model, tokenizer = load_policy(model_dir, torch.float32, None)
     model = model.to("cuda" if cfg.accelerator == "gpu" else "cpu").eval()
     prompt_format = labels["prompt_format"] if cfg.prompt_format == "auto" else cfg.prompt_format
     prompts = PromptRenderer(prompt_format, tokenizer)
-    engine = build_engine(cfg.engine, model, tokenizer, seed=cfg.seed)
     settings = {k: cfg[k] for k in ("n", "temperature", "top_p", "max_new_tokens", "engine")}
     settings["prompt_format"] = prompt_format
-    results = {"policy": str(model_dir), **labels, "settings": settings,
-               "sets": {name: evaluate_set(engine, tokenizer, prompts, name, overrides, cfg)
-                        for name, overrides in cfg.sets.items()}}
+    summary = home / "summary.json"
+    final_step = json.loads(summary.read_text())["final_step"] if summary.exists() else None
+    weights = [(final_step, None)]
+    if cfg.checkpoints == "all":
+        weights = [(step, f) for step, f in checkpoint_steps(home) if step != final_step] + weights
+    results = []
+    for step, checkpoint in weights:
+        if checkpoint is not None:
+            policy_weights(model, checkpoint)
+        elif results:  # the final weights again, after the checkpoints
+            model, tokenizer = load_policy(model_dir, torch.float32, None)
+            model = model.to("cuda" if cfg.accelerator == "gpu" else "cpu").eval()
+        engine = build_engine(cfg.engine, model, tokenizer, seed=cfg.seed)
+        results.append({"policy": str(checkpoint or model_dir), "step": step, **labels, "settings": settings,
+                        "sets": {name: evaluate_set(engine, tokenizer, prompts, name, overrides, cfg)
+                                 for name, overrides in cfg.sets.items()}})
     out = Path(cfg.out) if cfg.out else home / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    tidy_rows(results).to_csv(out / "results.csv", index=False)
-    log.info("%s: %s -> %s", model_dir, ", ".join(f"{s} {r['metrics'][f'avg@{cfg.n}']['value']:.3f}"
-                                                  for s, r in results["sets"].items()), out)
+    pd.concat([tidy_rows(r) for r in results]).to_csv(out / "results.csv", index=False)
     return results
 
 
 def tidy_rows(results: dict) -> pd.DataFrame:
     """One row per set and metric, with the policy's labels and the sampling settings."""
-    return pd.DataFrame([{"policy": results["policy"], "method": results["method"], "seed": results["seed"],
-                          "overrides": results["overrides"],
+    return pd.DataFrame([{"policy": results["policy"], "step": results["step"], "method": results["method"],
+                          "seed": results["seed"], "overrides": results["overrides"],
                           "set": name, "metric": metric, **values, "problems": data["problems"],
                           **results["settings"]}
                          for name, data in results["sets"].items() for metric, values in data["metrics"].items()])
@@ -131,6 +161,8 @@ def check_eval_config(cfg) -> None:
         raise ValueError("eval.policies is empty: name run directories, folders of runs or model directories")
     if any(not 1 <= k <= cfg.n for k in cfg.ks):
         raise ValueError(f"eval.ks={list(cfg.ks)}: every k must be in [1, eval.n={cfg.n}]")
+    if cfg.checkpoints not in ("final", "all"):
+        raise ValueError(f"eval.checkpoints={cfg.checkpoints}: must be final or all")
     if cfg.temperature == 0 and cfg.n > 1:
         raise ValueError(f"eval.temperature=0 with eval.n={cfg.n}: greedy samples are all the same; use eval.n=1")
 
@@ -140,7 +172,7 @@ def main(cfg: DictConfig) -> None:
     check_eval_config(cfg.eval)
     torch.manual_seed(cfg.eval.seed)
     for model_dir, home in policy_dirs(list(cfg.eval.policies)):
-        results = evaluate_policy(model_dir, home, cfg.eval)
+        results = evaluate_run(model_dir, home, cfg.eval)[-1]  # the final policy's
         print(f"[rlsd_lab] {results['method']} seed={results['seed']}: " + ", ".join(
             f"{name} avg@{cfg.eval.n} {data['metrics'][f'avg@{cfg.eval.n}']['value']:.3f}"
             for name, data in results["sets"].items()) + f" ({home / 'eval' if not cfg.eval.out else cfg.eval.out})")

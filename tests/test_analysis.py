@@ -69,6 +69,18 @@ def test_results_table_by_hand(runs_root):
     assert r"\begin{tabular}" in latex and r"$\pm$" in latex and r"method.support=teacher\_top1" in latex
 
 
+def test_steps_to_match_a_baselines_final_accuracy_by_hand(runs_root):
+    """GRPO's mean final accuracy is 0.85 (0.9 and 0.8): RLSD reaches it at step 10, GRPO's seeds at 20 and
+    never, OPSD never."""
+    table = results_table(load_runs([runs_root]), threshold=0.8, baseline="grpo").set_index("variant")
+    assert table.loc["rlsd", "steps_to_match"][0] == 10.0 and table.loc["rlsd", "matched"] == "1/1"
+    assert table.loc["grpo", "steps_to_match"][0] == 20.0 and table.loc["grpo", "matched"] == "1/2"
+    assert table.loc["opsd method.support=teacher_top1", "matched"] == "0/1"
+    assert "steps to match grpo (0.850)" in to_markdown(table.reset_index(), 0.8)
+    with pytest.raises(SystemExit, match="no such variant"):
+        results_table(load_runs([runs_root]), threshold=0.8, baseline="nope")
+
+
 def test_mean_ci():
     assert mean_ci([1.0])[0] == 1.0 and math.isnan(mean_ci([1.0])[1])
     assert mean_ci([1.0, 3.0]) == pytest.approx((2.0, 12.706 * math.sqrt(2) / math.sqrt(2)))

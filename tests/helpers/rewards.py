@@ -55,6 +55,7 @@ def slow_char_parity(response, problem):
     return char_parity(response, problem)
 
 
-def answer_parity(response, problem):
-    """Right for about half of the problems even when a model answers every prompt alike (greedy, untrained)."""
-    return (sum(map(ord, response)) + int(problem.answer)) % 2 == 0
+def answer_residue(response, problem):
+    """Right for about a third of the problems even when a model answers every prompt alike (greedy, untrained),
+    and a changed response moves the score (modulo 3: a change cannot map the right third onto an equal share)."""
+    return (sum(map(ord, response)) + int(problem.answer)) % 3 == 0
