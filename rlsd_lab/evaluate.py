@@ -67,12 +67,22 @@ def policy_labels(home: Path) -> dict:
             "prompt_format": (config.get("model") or {}).get("prompt_format", "plain")}
 
 
-def evaluate_set(engine, tokenizer, prompts: PromptRenderer, name: str, overrides: list[str], cfg) -> dict:
+def prepare_sets(sets, count: int) -> dict[str, tuple[list, VerifierPool]]:
+    """Each set's first `count` validation problems and its verifier, built once for every policy and checkpoint
+    evaluated on it."""
+    prepared = {}
+    for name, overrides in sets.items():
+        task = build_task(set_task_config(name, list(overrides)))
+        problems = set_problems(task, count)
+        verifier = VerifierPool(task.verifier, {}, workers=0)
+        verifier.check([p.verifier for p in problems])
+        prepared[name] = (problems, verifier)
+    return prepared
+
+
+def evaluate_set(engine, tokenizer, prompts: PromptRenderer, name: str, problems: list, verifier: VerifierPool,
+                 cfg) -> dict:
     """The metrics of one set: every metric's mean over problems with its bootstrap interval."""
-    task = build_task(set_task_config(name, list(overrides)))
-    problems = set_problems(task, cfg.problems)
-    verifier = VerifierPool(task.verifier, {}, workers=0)
-    verifier.check([p.verifier for p in problems])
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             n=cfg.n)
     per_problem, lengths = [], []
@@ -86,7 +96,6 @@ def evaluate_set(engine, tokenizer, prompts: PromptRenderer, name: str, override
             rows = range(index * cfg.n, (index + 1) * cfg.n)
             per_problem.append(problem_scores([verdicts[r].reward >= 1.0 for r in rows],
                                               [extracted_answer(texts[r]) for r in rows], list(cfg.ks)))
-    verifier.close()
     scores = pd.DataFrame(per_problem)
     metrics = {}
     for metric in scores.columns:
@@ -114,9 +123,9 @@ def policy_weights(model, checkpoint: Path) -> None:
                          "an adapter, not the merged model: evaluate final_policy/ only (eval.checkpoints=final)")
 
 
-def evaluate_run(model_dir: Path, home: Path, cfg) -> list[dict]:
-    """The final policy (and with `eval.checkpoints=all` every kept checkpoint) on every set; writes
-    results.json (one entry per step) and the tidy results.csv."""
+def evaluate_run(model_dir: Path, home: Path, sets: dict, cfg) -> list[dict]:
+    """The final policy (and with `eval.checkpoints=all` then every other kept checkpoint) on every prepared set;
+    writes results.json (one entry per step, the final policy first) and the tidy results.csv."""
     labels = policy_labels(home)
     model, tokenizer = load_policy(model_dir, torch.float32, None)
     model = model.to("cuda" if cfg.accelerator == "gpu" else "cpu").eval()
@@ -128,18 +137,15 @@ def evaluate_run(model_dir: Path, home: Path, cfg) -> list[dict]:
     final_step = json.loads(summary.read_text())["final_step"] if summary.exists() else None
     weights = [(final_step, None)]
     if cfg.checkpoints == "all":
-        weights = [(step, f) for step, f in checkpoint_steps(home) if step != final_step] + weights
+        weights += [(step, f) for step, f in checkpoint_steps(home) if step != final_step]
     results = []
     for step, checkpoint in weights:
         if checkpoint is not None:
             policy_weights(model, checkpoint)
-        elif results:  # the final weights again, after the checkpoints
-            model, tokenizer = load_policy(model_dir, torch.float32, None)
-            model = model.to("cuda" if cfg.accelerator == "gpu" else "cpu").eval()
         engine = build_engine(cfg.engine, model, tokenizer, seed=cfg.seed)
         results.append({"policy": str(checkpoint or model_dir), "step": step, **labels, "settings": settings,
-                        "sets": {name: evaluate_set(engine, tokenizer, prompts, name, overrides, cfg)
-                                 for name, overrides in cfg.sets.items()}})
+                        "sets": {name: evaluate_set(engine, tokenizer, prompts, name, problems, verifier, cfg)
+                                 for name, (problems, verifier) in sets.items()}})
     out = Path(cfg.out) if cfg.out else home / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -171,11 +177,14 @@ def check_eval_config(cfg) -> None:
 def main(cfg: DictConfig) -> None:
     check_eval_config(cfg.eval)
     torch.manual_seed(cfg.eval.seed)
+    sets = prepare_sets(cfg.eval.sets, cfg.eval.problems)
     for model_dir, home in policy_dirs(list(cfg.eval.policies)):
-        results = evaluate_run(model_dir, home, cfg.eval)[-1]  # the final policy's
+        results = evaluate_run(model_dir, home, sets, cfg.eval)[0]  # the final policy's
         print(f"[rlsd_lab] {results['method']} seed={results['seed']}: " + ", ".join(
             f"{name} avg@{cfg.eval.n} {data['metrics'][f'avg@{cfg.eval.n}']['value']:.3f}"
             for name, data in results["sets"].items()) + f" ({home / 'eval' if not cfg.eval.out else cfg.eval.out})")
+    for _, verifier in sets.values():
+        verifier.close()
 
 
 if __name__ == "__main__":

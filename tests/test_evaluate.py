@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from analysis.benchmark_table import benchmark_table, render
 from rlsd_lab.eval_metrics import bootstrap_ci, extracted_answer, majority_vote, pass_at_k, problem_scores
-from rlsd_lab.evaluate import evaluate_set
+from rlsd_lab.evaluate import evaluate_set, prepare_sets
 from rlsd_lab.evaluation import greedy_accuracy
 from rlsd_lab.prompts import PromptRenderer
 from rlsd_lab.rollout import build_engine
@@ -67,7 +67,8 @@ def test_avg_at_1_with_temperature_0_is_greedy_accuracy(tiny_model, tokenizer):
     cfg = OmegaConf.create({"problems": 40, "n": 1, "ks": [1], "temperature": 0.0, "top_p": 1.0,
                             "max_new_tokens": 12, "batch_size": 16, "bootstrap": {"samples": 200, "seed": 0}})
     engine = build_engine("hf", tiny_model, tokenizer, seed=0)
-    result = evaluate_set(engine, tokenizer, PromptRenderer("plain", tokenizer), "arith", overrides, cfg)
+    (problems, verifier), = prepare_sets({"arith": overrides}, 40).values()
+    result = evaluate_set(engine, tokenizer, PromptRenderer("plain", tokenizer), "arith", problems, verifier, cfg)
     task = build_task(set_task_config("arith", overrides))
     greedy = greedy_accuracy(engine, tokenizer, VerifierPool(task.verifier, {}, workers=0),
                              task.problems("val", 40, seed=0), max_new_tokens=12)
