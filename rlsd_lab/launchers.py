@@ -132,9 +132,9 @@ def claim_gpu(slot_dir: Path, gpus: list[str]) -> str:
                        "must not exceed the number of GPUs")
 
 
-def prepare_job(cfg: DictConfig) -> dict:
+def prepare_job(cfg: DictConfig) -> None:
     """Applies the launcher's share of the machine to this job (threads, GPU, requeue resume, data-parallel ranks)
-    before anything is built, and returns what it decided (logged, and written to the summary)."""
+    before anything is built, and logs what it decided (`threads` also lands in config_resolved.yaml)."""
     kind = launcher_kind()
     if kind == "joblib":
         # loky names its own start method in its workers; a process this job starts (the verifier pool's
@@ -149,13 +149,11 @@ def prepare_job(cfg: DictConfig) -> dict:
             sweep_dir = Path(HydraConfig.get().sweep.dir)
             shares["gpu"] = os.environ["CUDA_VISIBLE_DEVICES"] = claim_gpu(sweep_dir / ".gpu_slots", visible_gpus())
         log.info("local_parallel job: %s", shares)
-        return shares
-    if kind == "submitit":
+    elif kind == "submitit":
         if cfg.resume is None:  # a requeued job runs again in its directory: continue from its checkpoint
             cfg.resume = "auto"
         export_submitit_ranks(cfg)
-        return {"launcher": kind, "resume": cfg.resume}
-    return {"launcher": kind} if kind else {}
+        log.info("submitit job: resume=%s", cfg.resume)
 
 
 def export_submitit_ranks(cfg: DictConfig) -> None:
